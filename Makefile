@@ -1,0 +1,50 @@
+# wandao: the newcomer's commands are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The mirrored public data sets live beside the checkout; override for your own copy.
+export WANDAO_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
+# The CPU torch wheel lies on disk here; constraints.txt keeps pip from pulling a CUDA build.
+PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
+EXTRAS ?= lucene,es,deepspeed,serve,dev
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow bench bench-bm25 bench-dense bench-pretrain clean help
+
+help:
+	@echo "make demo   install what is missing, then run the end-to-end demo on \$$WANDAO_DATA_DIR"
+	@echo "make test   install what is missing, then run the test suite (make test-slow for the slow tests)"
+	@echo "make bench  run the benchmarks against their baselines (results: docs/benchmarks.md)"
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip setuptools wheel
+	$(PIP) torch
+	$(PIP) -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: install
+	$(BIN)/wandao demo --quick
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+bench: bench-bm25 bench-dense bench-pretrain
+
+bench-bm25: install
+	$(BIN)/python bench/bench_bm25.py
+
+bench-dense: install
+	$(BIN)/python bench/bench_dense.py
+
+bench-pretrain: install
+	$(BIN)/python bench/bench_pretrain.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

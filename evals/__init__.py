@@ -1,0 +1,1 @@
+"""evals: one evaluation harness for retrieval, QA, attribution, reward models, moderation and LMs."""

@@ -1,0 +1,1 @@
+"""pretrain: compute planning, models, tokenizers, data, optimizers and the trainer."""
