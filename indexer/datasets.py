@@ -106,6 +106,8 @@ def resolve(name_or_path: str | os.PathLike, fetch_missing: bool = True) -> Path
         return path
     name = str(name_or_path)
     if name not in DATASETS:
+        if "/" in name or path.suffix:
+            raise DatasetNotFoundError(f"{name}: file or folder not found")
         raise DatasetNotFoundError(
             f"{name!r} is neither an existing path nor a registered dataset "
             f"(registered: {', '.join(sorted(DATASETS))})")
