@@ -1,0 +1,593 @@
+"""Evidence templates: named, versioned formats that put search results into a model's text.
+
+Four templates, each rendering an :class:`Example` (question, optional search query, optional
+chat history, retrieved passages, answer) into a prompt part and a response part, and parsing
+that text back:
+
+- ``sparrow`` (Glaese et al. 2022, "Improving alignment of dialogue agents via targeted human
+  judgements"): a ``Search Query:`` turn, then ``Search Results:`` with ``Page title:`` and a
+  snippet per result, then the answer turn.
+- ``lamda`` (Thoppilan et al. 2022, "LaMDA: Language Models for Dialog Applications"): toolset
+  turns ``TS, <query>`` then ``TS: <result>``, then the reply addressed to the user (``User, …``).
+- ``docs`` (FlashRAG's default generator prompt, Jin et al. 2024): ``Doc i (Title: …) text`` blocks
+  before the question.
+- ``search-r1`` (Jin et al. 2025, "Search-R1"): ``<search>…</search><information>…</information>``
+  in the prompt and ``<answer>…</answer>`` as the response, for RL rollouts.
+
+Shared rules:
+
+- Passages are sanitised first (:mod:`rag.sanitize`): a document cannot forge a turn, a tag, a
+  citation or a special token.
+- Budgets are counted with a real tokenizer (:class:`Budget`): per passage (the passage's whole
+  rendered block, marker and title included) and in total (all blocks together). Text is cut
+  at a sentence end when that keeps at least half of what fits, else at a word boundary; the
+  template's markers are never cut (they are outside the cut text).
+- Passage ``i`` carries citation marker ``[i]`` (``Doc i`` in ``docs``/``search-r1``);
+  :attr:`Rendered.evidence_ids` maps markers back to document ids, in citation order.
+- When not even ``Budget.min_passages`` passages fit, :class:`EvidenceBudgetError` says so.
+
+The prompt part holds everything the model reads (history, question, evidence, the answer turn
+header); the response part is what it is trained to write. SFT masks the prompt; PPO treats it
+(evidence included) as context.
+
+Example:
+    >>> t = get_template("sparrow")
+    >>> r = t.render(Example(question="Who won?", answer="Denver",
+    ...                      passages=[Passage("d1", "Super Bowl 50", "Denver won.")]))
+    >>> print(r.prompt + r.response)
+    User: Who won?
+    Search Query: Who won?
+    Search Results:
+    [1] Page title: Super Bowl 50
+    Denver won.
+    <BLANKLINE>
+    Assistant: Denver
+    >>> r.evidence_ids
+    ['d1']
+    >>> t.parse(r.prompt, r.response).passages[0].title
+    'Super Bowl 50'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, ClassVar, Sequence
+
+from rag.sanitize import Sanitizer
+
+if TYPE_CHECKING:
+    from rag.tokenizer import TextTokenizer
+
+#: The default target when the evidence does not contain the answer (RA-DIT, Sparrow).
+ABSTAIN_ANSWER = "I could not find this in the search results."
+
+
+class EvidenceBudgetError(ValueError):
+    """The minimum evidence does not fit in the token budget."""
+
+
+class TemplateParseError(ValueError):
+    """Text that does not have the template's structure."""
+
+
+@dataclass
+class Passage:
+    """One retrieved document as rendered: its id, title and (snippet) text."""
+
+    doc_id: str
+    title: str
+    text: str
+    score: float | None = None
+    truncated: bool = False
+
+
+@dataclass
+class Example:
+    """What a template renders.
+
+    Attributes:
+        question: the user's message.
+        answer: the target response ('' for prompts without a target, e.g. RL prompts).
+        passages: retrieved passages in rank order; empty renders the no-evidence form.
+        query: the search query (defaults to the question, on one line).
+        history: earlier turns as ``(role, text)``, role ``"user"`` or ``"assistant"``.
+    """
+
+    question: str
+    answer: str = ""
+    passages: list[Passage] = field(default_factory=list)
+    query: str | None = None
+    history: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Budget:
+    """Token budgets for the evidence.
+
+    Attributes:
+        passage_tokens: most tokens one passage's rendered block may take (marker, title and
+            snippet together).
+        total_tokens: most tokens all passage blocks may take together.
+        min_passages: fewest passages that must fit; fewer raises :class:`EvidenceBudgetError`.
+        min_passage_tokens: a passage cut to fewer snippet tokens than this is dropped instead.
+    """
+
+    passage_tokens: int = 160
+    total_tokens: int = 512
+    min_passages: int = 1
+    min_passage_tokens: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("passage_tokens", "total_tokens", "min_passage_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Budget.{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_passages < 0:
+            raise ValueError(f"Budget.min_passages must be >= 0, got {self.min_passages}")
+
+
+@dataclass
+class Rendered:
+    """A rendered example.
+
+    Attributes:
+        prompt: everything the model reads, ending with the answer turn's header.
+        response: the target text.
+        evidence_ids: document ids in citation order (``[1]`` is ``evidence_ids[0]``).
+        evidence_spans: ``(start, end)`` character spans of each passage block in ``prompt``.
+        truncated: per passage, whether its snippet was cut to fit.
+    """
+
+    template: str
+    version: int
+    prompt: str
+    response: str
+    evidence_ids: list[str]
+    evidence_spans: list[tuple[int, int]]
+    truncated: list[bool]
+    query: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.response
+
+    @property
+    def citations(self) -> dict[str, str]:
+        """``{"[1]": doc_id, ...}``."""
+        return {f"[{i}]": d for i, d in enumerate(self.evidence_ids, start=1)}
+
+    @property
+    def name(self) -> str:
+        return f"{self.template}@{self.version}"
+
+
+@dataclass
+class Parsed:
+    """What :meth:`Template.parse` recovers (passage ids are ``"[i]"`` citation markers)."""
+
+    question: str
+    answer: str
+    passages: list[Passage]
+    query: str | None
+    history: list[tuple[str, str]]
+
+
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s)")
+_CITATION = re.compile(r"\[(\d{1,3})\]")
+_ROLE_NAMES = {"user": "User", "assistant": "Assistant"}
+
+
+def cited_ids(response: str, evidence_ids: Sequence[str]) -> list[str]:
+    """Document ids that a response cites with ``[i]`` markers, in first-citation order.
+
+    Example:
+        >>> cited_ids("Denver [2], as [1] and [2] say.", ["a", "b"])
+        ['b', 'a']
+    """
+    out: list[str] = []
+    for m in _CITATION.finditer(response):
+        i = int(m.group(1))
+        if 1 <= i <= len(evidence_ids) and evidence_ids[i - 1] not in out:
+            out.append(evidence_ids[i - 1])
+    return out
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class Template:
+    """Base class: subclasses define the block format, the layout and the parser."""
+
+    name: ClassVar[str]
+    version: ClassVar[int]
+    #: literal delimiters of this template that must not appear inside a passage.
+    delimiters: ClassVar[tuple[str, ...]] = ()
+    #: the sequence that must not appear inside a title (the title's closing delimiter).
+    title_end: ClassVar[str | None] = None
+    user_header = "User:"
+    assistant_header = "Assistant:"
+
+    def __init__(self, tokenizer: "TextTokenizer | None" = None, budget: Budget | None = None,
+                 sanitizer: Sanitizer | None = None):
+        self.tokenizer = tokenizer
+        self.budget = budget or Budget()
+        specials = tokenizer.special_tokens if tokenizer is not None else ()
+        self.sanitizer = sanitizer or Sanitizer(special_tokens=specials, extra=self.delimiters)
+
+    # ---- pieces each template defines ---------------------------------------------------------
+    def block(self, i: int, title: str, text: str) -> str:
+        """One passage block (no trailing newline)."""
+        raise NotImplementedError
+
+    def layout(self, ex: Example, blocks: list[str]) -> tuple[str, str, list[int]]:
+        """Return (prompt, response, start offset of each block in the prompt)."""
+        raise NotImplementedError
+
+    def parse(self, prompt: str, response: str) -> Parsed:
+        """Recover the example from rendered text; raises :class:`TemplateParseError`."""
+        raise NotImplementedError
+
+    # ---- shared machinery ---------------------------------------------------------------------
+    def clean_passage(self, p: Passage) -> Passage:
+        """Sanitise title and text; a title may not contain its closing delimiter."""
+        title = self.sanitizer(p.title)
+        if self.title_end and self.title_end in title:
+            # a no-break space keeps the title readable but unambiguous to the parser
+            title = title.replace(self.title_end, self.title_end.rstrip() + "\u00a0")
+        return replace(p, title=title, text=self.sanitizer(p.text))
+
+    def render(self, ex: Example, passages_are_clean: bool = False) -> Rendered:
+        """Sanitise, fit to the budget and lay out ``ex``.
+
+        Args:
+            ex: the example; ``ex.passages`` in rank order.
+            passages_are_clean: skip sanitising (the caller already ran :meth:`clean_passage`).
+
+        Raises:
+            EvidenceBudgetError: passages were given but fewer than ``budget.min_passages`` fit.
+        """
+        passages = ex.passages if passages_are_clean else [self.clean_passage(p) for p in ex.passages]
+        fitted = self.fit(passages) if passages else []
+        blocks = [self.block(i, p.title, p.text) for i, p in enumerate(fitted, start=1)]
+        query = _one_line(ex.query if ex.query is not None else ex.question)
+        prompt, response, starts = self.layout(replace(ex, query=query), blocks)
+        spans = [(s, s + len(b)) for s, b in zip(starts, blocks)]
+        return Rendered(self.name, self.version, prompt, response, [p.doc_id for p in fitted], spans,
+                        [p.truncated for p in fitted], query=query if fitted else None)
+
+    def _count(self, text: str) -> int:
+        return self.tokenizer.count(text)
+
+    def fit(self, passages: list[Passage]) -> list[Passage]:
+        """Cut passages to the per-passage budget and keep as many as fit the total budget."""
+        if self.tokenizer is None:
+            return list(passages)
+        b = self.budget
+        texts = [self.block(i, p.title, p.text) for i, p in enumerate(passages, start=1)]
+        counts = self.tokenizer.count_batch(texts)
+        kept: list[Passage] = []
+        used = 0
+        for i, (p, n) in enumerate(zip(passages, counts), start=1):
+            room = min(b.passage_tokens, b.total_tokens - used)
+            if n > room:
+                cut = self._truncate(i, p, room)
+                if cut is None:
+                    break
+                p, n = cut
+            kept.append(p)
+            used += n
+            if used >= b.total_tokens:
+                break
+        # token counts of joined blocks can differ by a token from the sum; verify and shrink
+        while kept and self._count(self.join_blocks(kept)) > b.total_tokens:
+            last = kept.pop()
+            over = self._count(self.join_blocks(kept + [last])) - b.total_tokens
+            cut = self._truncate(len(kept) + 1, last, self._count(self.block(len(kept) + 1, last.title, last.text))
+                                 - over - 1)
+            if cut is not None:
+                kept.append(cut[0])
+            else:
+                break
+        if len(kept) < b.min_passages:
+            overhead = self._count(self.block(1, passages[0].title, ""))
+            raise EvidenceBudgetError(
+                f"template {self.name}@{self.version}: the minimum evidence ({b.min_passages} passage(s) of at "
+                f"least {b.min_passage_tokens} snippet tokens) does not fit: passage_tokens={b.passage_tokens}, "
+                f"total_tokens={b.total_tokens}, and the first passage's marker and title alone take "
+                f"{overhead} tokens. Raise the budget or lower min_passages.")
+        return kept
+
+    def join_blocks(self, passages: list[Passage]) -> str:
+        return "\n".join(self.block(i, p.title, p.text) for i, p in enumerate(passages, start=1))
+
+    def _truncate(self, i: int, p: Passage, max_block_tokens: int) -> tuple[Passage, int] | None:
+        """Cut ``p.text`` so its block takes at most ``max_block_tokens``; None when too little is left."""
+        overhead = self._count(self.block(i, p.title, ""))
+        room = max_block_tokens - overhead
+        if room < self.budget.min_passage_tokens:
+            return None
+        ids, offsets = self.tokenizer.encode_offsets(p.text)
+        while True:
+            limit = offsets[room - 1][1] if room <= len(offsets) else len(p.text)
+            text = _cut_at_boundary(p.text, limit)
+            if not text:
+                return None
+            n = self._count(self.block(i, p.title, text))
+            if n <= max_block_tokens:
+                return replace(p, text=text, truncated=True), n
+            room -= n - max_block_tokens
+            if room < self.budget.min_passage_tokens:
+                return None
+
+    # ---- helpers for layouts/parsers ----------------------------------------------------------
+    def _history_lines(self, history: list[tuple[str, str]]) -> list[str]:
+        lines = []
+        for role, text in history:
+            if role not in _ROLE_NAMES:
+                raise ValueError(f"history role must be 'user' or 'assistant', got {role!r}")
+            lines.append(f"{_ROLE_NAMES[role]}: {text}")
+        return lines
+
+    def _split_user_turn(self, body: str) -> tuple[str, list[tuple[str, str]]]:
+        """Split ``history + 'User: question\\n'`` into the question and the history."""
+        if not body.endswith("\n"):
+            raise TemplateParseError(f"{self.name}@{self.version}: the user turn must end with a newline")
+        at = body.rfind("User: ")
+        while at > 0 and body[at - 1] != "\n":
+            at = body.rfind("User: ", 0, at)
+        if at < 0:
+            raise TemplateParseError(f"{self.name}@{self.version}: no 'User: ' turn found")
+        return body[at + len("User: "):-1], self._parse_history(body[:at].rstrip("\n"))
+
+    @staticmethod
+    def _parse_history(text: str) -> list[tuple[str, str]]:
+        if not text:
+            return []
+        parts = re.split(r"(?:^|\n)(User|Assistant): ", text)
+        if parts[0] != "":
+            raise TemplateParseError(f"history does not start with a turn header: {text[:60]!r}")
+        return [(parts[j].lower(), parts[j + 1]) for j in range(1, len(parts), 2)]
+
+
+def _cut_at_boundary(text: str, limit: int) -> str:
+    """The longest prefix of ``text`` up to ``limit`` characters ending at a sentence end when that
+    keeps at least half, else at a word boundary (never inside a word)."""
+    if limit >= len(text):
+        return text
+    if text[limit].isspace():
+        word_cut = limit
+    else:
+        word_cut = text.rfind(" ", 0, limit + 1)
+        word_cut = max(word_cut, 0)
+    sentence_cut = 0
+    for m in _SENTENCE_END.finditer(text, 0, limit + 1):
+        if m.end() <= limit:
+            sentence_cut = m.end()
+    cut = sentence_cut if sentence_cut >= limit // 2 else word_cut
+    return text[:cut].rstrip()
+
+
+class SparrowTemplate(Template):
+    name, version = "sparrow", 1
+    delimiters = ("Search Query:", "Search Results:", "Page title:")
+
+    def block(self, i: int, title: str, text: str) -> str:
+        return f"[{i}] Page title: {title}\n{text}"
+
+    def join_blocks(self, passages: list[Passage]) -> str:
+        return "\n\n".join(self.block(i, p.title, p.text) for i, p in enumerate(passages, start=1))
+
+    def layout(self, ex: Example, blocks: list[str]) -> tuple[str, str, list[int]]:
+        head = "\n".join(self._history_lines(ex.history) + [f"User: {ex.question}"]) + "\n"
+        starts: list[int] = []
+        if blocks:
+            head += f"Search Query: {ex.query}\nSearch Results:\n"
+            for b in blocks:
+                starts.append(len(head))
+                head += b + "\n\n"
+        return head + "Assistant: ", ex.answer, starts
+
+    _BLOCK = re.compile(r"\[(\d+)\] Page title: ([^\n]*)\n([^\n]*)")
+
+    def parse(self, prompt: str, response: str) -> Parsed:
+        tail = "Assistant: "
+        if not prompt.endswith(tail):
+            raise TemplateParseError("not a sparrow@1 prompt: it must end with the answer turn 'Assistant: '")
+        body = prompt[:-len(tail)]
+        passages, query = [], None
+        at = body.rfind("\nSearch Query: ")
+        if at >= 0:
+            body, evidence = body[:at + 1], body[at + 1:]
+            m = re.fullmatch(r"Search Query: ([^\n]*)\nSearch Results:\n(.*\n\n)", evidence, re.DOTALL)
+            if not m:
+                raise TemplateParseError("sparrow@1: malformed 'Search Query:'/'Search Results:' turns")
+            query = m.group(1)
+            for j, blk in enumerate(m.group(2)[:-2].split("\n\n"), start=1):
+                b = self._BLOCK.fullmatch(blk)
+                if not b or int(b.group(1)) != j:
+                    raise TemplateParseError(f"sparrow@1: malformed search result {j}: {blk[:80]!r}")
+                passages.append(Passage(f"[{j}]", b.group(2), b.group(3)))
+        question, history = self._split_user_turn(body)
+        return Parsed(question, response, passages, query, history)
+
+
+class LamdaTemplate(Template):
+    name, version = "lamda", 1
+    delimiters = ("TS,", "TS:")
+    title_end = " | "
+
+    def block(self, i: int, title: str, text: str) -> str:
+        return f"TS: [{i}] {title} | {text}"
+
+    def layout(self, ex: Example, blocks: list[str]) -> tuple[str, str, list[int]]:
+        head = "\n".join(self._history_lines(ex.history) + [f"User: {ex.question}"]) + "\n"
+        starts: list[int] = []
+        if blocks:
+            head += f"Assistant: TS, {ex.query}\n"
+            for b in blocks:
+                starts.append(len(head))
+                head += b + "\n"
+        return head + "Assistant: User, ", ex.answer, starts
+
+    _BLOCK = re.compile(r"TS: \[(\d+)\] (.*?) \| ([^\n]*)")
+
+    def parse(self, prompt: str, response: str) -> Parsed:
+        tail = "Assistant: User, "
+        if not prompt.endswith(tail):
+            raise TemplateParseError("not a lamda@1 prompt: it must end with the reply turn 'Assistant: User, '")
+        body = prompt[:-len(tail)]
+        passages, query = [], None
+        at = body.rfind("\nAssistant: TS, ")
+        if at >= 0:
+            body, evidence = body[:at + 1], body[at + 1:]
+            lines = evidence.rstrip("\n").split("\n")
+            query = lines[0][len("Assistant: TS, "):]
+            for j, line in enumerate(lines[1:], start=1):
+                b = self._BLOCK.fullmatch(line)
+                if not b or int(b.group(1)) != j:
+                    raise TemplateParseError(f"lamda@1: malformed toolset result {j}: {line[:80]!r}")
+                passages.append(Passage(f"[{j}]", b.group(2), b.group(3)))
+        question, history = self._split_user_turn(body)
+        return Parsed(question, response, passages, query, history)
+
+
+class DocsTemplate(Template):
+    """FlashRAG's generator prompt, with the documents numbered for citation."""
+
+    name, version = "docs", 1
+    title_end = ") "
+    INSTRUCTION = ("Answer the question based on the given documents. Cite the documents you use as [i].\n"
+                   "The following are given documents.\n\n")
+    NO_DOCS = "Answer the question.\n\n"
+
+    def block(self, i: int, title: str, text: str) -> str:
+        return f"Doc {i} (Title: {title}) {text}"
+
+    def layout(self, ex: Example, blocks: list[str]) -> tuple[str, str, list[int]]:
+        starts: list[int] = []
+        head = self.INSTRUCTION if blocks else self.NO_DOCS
+        for b in blocks:
+            starts.append(len(head))
+            head += b + "\n"
+        if blocks:
+            head += "\n"
+        hist = self._history_lines(ex.history)
+        if hist:
+            head += "\n".join(hist) + "\n"
+        return head + f"Question: {ex.question}\nAnswer: ", ex.answer, starts
+
+    _BLOCK = re.compile(r"Doc (\d+) \(Title: (.*?)\) ([^\n]*)")
+
+    def parse(self, prompt: str, response: str) -> Parsed:
+        if prompt.startswith(self.INSTRUCTION):
+            rest = prompt[len(self.INSTRUCTION):]
+            docs, sep, rest = rest.partition("\n\n")
+            if not sep:
+                raise TemplateParseError("docs@1: the document list does not end with a blank line")
+            lines = docs.split("\n")
+        elif prompt.startswith(self.NO_DOCS):
+            rest, lines = prompt[len(self.NO_DOCS):], []
+        else:
+            raise TemplateParseError("not a docs@1 prompt: it must open with the FlashRAG instruction")
+        passages = []
+        for j, line in enumerate(lines, start=1):
+            b = self._BLOCK.fullmatch(line)
+            if not b or int(b.group(1)) != j:
+                raise TemplateParseError(f"docs@1: malformed document {j}: {line[:80]!r}")
+            passages.append(Passage(f"[{j}]", b.group(2), b.group(3)))
+        at = rest.rfind("Question: ")
+        while at > 0 and rest[at - 1] != "\n":
+            at = rest.rfind("Question: ", 0, at)
+        if at < 0 or not rest.endswith("\nAnswer: "):
+            raise TemplateParseError("docs@1: expected 'Question: …' then 'Answer: ' at the end")
+        question = rest[at + len("Question: "):-len("\nAnswer: ")]
+        return Parsed(question, response, passages, None, self._parse_history(rest[:at].rstrip("\n")))
+
+
+class SearchR1Template(Template):
+    """Search-R1's rollout format; the prompt ends where the model writes ``<answer>``."""
+
+    name, version = "search-r1", 1
+    title_end = ") "
+    INSTRUCTION = ("Answer the given question. You can call a search engine by <search> query </search> and it "
+                   "will return the top searched results between <information> and </information>. Provide the "
+                   "answer inside <answer> and </answer>, citing documents as [i]. ")
+
+    def block(self, i: int, title: str, text: str) -> str:
+        return f"Doc {i}(Title: {title}) {text}"
+
+    def layout(self, ex: Example, blocks: list[str]) -> tuple[str, str, list[int]]:
+        head = self.INSTRUCTION
+        hist = self._history_lines(ex.history)
+        if hist:
+            head += "\n" + "\n".join(hist) + "\n"
+        head += f"Question: {ex.question}\n"
+        starts: list[int] = []
+        if blocks:
+            head += f"<search> {ex.query} </search>\n<information>"
+            for j, b in enumerate(blocks):
+                starts.append(len(head))
+                head += b + ("\n" if j < len(blocks) - 1 else "")
+            head += "</information>\n"
+        return head, f"<answer> {ex.answer} </answer>", starts
+
+    _BLOCK = re.compile(r"Doc (\d+)\(Title: (.*?)\) ([^\n]*)")
+
+    def parse(self, prompt: str, response: str) -> Parsed:
+        if not prompt.startswith(self.INSTRUCTION) or not prompt.endswith("\n"):
+            raise TemplateParseError("not a search-r1@1 prompt: it must open with the Search-R1 instruction")
+        a = re.fullmatch(r"<answer> (.*) </answer>", response, re.DOTALL)
+        if not a:
+            raise TemplateParseError("search-r1@1: the response must be '<answer> … </answer>'")
+        body = prompt[len(self.INSTRUCTION):]
+        passages, query = [], None
+        at = body.rfind("\n<search> ")
+        if at >= 0:
+            body, evidence = body[:at + 1], body[at + 1:]
+            m = re.fullmatch(r"<search> ([^\n]*) </search>\n<information>(.*)</information>\n", evidence, re.DOTALL)
+            if not m:
+                raise TemplateParseError("search-r1@1: malformed <search>/<information> section")
+            query = m.group(1)
+            for j, line in enumerate(m.group(2).split("\n"), start=1):
+                b = self._BLOCK.fullmatch(line)
+                if not b or int(b.group(1)) != j:
+                    raise TemplateParseError(f"search-r1@1: malformed document {j}: {line[:80]!r}")
+                passages.append(Passage(f"[{j}]", b.group(2), b.group(3)))
+        at = body.rfind("Question: ")
+        while at > 0 and body[at - 1] != "\n":
+            at = body.rfind("Question: ", 0, at)
+        if at < 0:
+            raise TemplateParseError("search-r1@1: no 'Question: ' line")
+        question = body[at + len("Question: "):-1]
+        hist = body[:at]
+        if hist and not (hist.startswith("\n") and hist.endswith("\n")):
+            raise TemplateParseError("search-r1@1: text between the instruction and the question is not history")
+        return Parsed(question, a.group(1), passages, query, self._parse_history(hist[1:-1]))
+
+
+TEMPLATES: dict[str, dict[int, type[Template]]] = {}
+for _cls in (SparrowTemplate, LamdaTemplate, DocsTemplate, SearchR1Template):
+    TEMPLATES.setdefault(_cls.name, {})[_cls.version] = _cls
+
+
+def get_template(name: str, tokenizer: "TextTokenizer | None" = None, budget: Budget | None = None) -> Template:
+    """A template by name (``"sparrow"``, latest version) or ``"name@version"``.
+
+    Args:
+        name: ``sparrow``, ``lamda``, ``docs`` or ``search-r1``, optionally ``@<version>``.
+        tokenizer: counts budgets and supplies special tokens to neutralise; without one,
+            passages are not cut.
+        budget: token budgets (defaults: :class:`Budget`).
+
+    Raises:
+        KeyError: unknown name or version, listing the known ones.
+    """
+    base, _, ver = name.partition("@")
+    if base not in TEMPLATES:
+        raise KeyError(f"unknown template {name!r}; known: {', '.join(sorted(TEMPLATES))}")
+    versions = TEMPLATES[base]
+    v = int(ver) if ver else max(versions)
+    if v not in versions:
+        raise KeyError(f"template {base!r} has no version {v}; known: {sorted(versions)}")
+    return versions[v](tokenizer=tokenizer, budget=budget)
