@@ -32,6 +32,8 @@ def _usage() -> str:
         doc = (get_suite(name).__doc__ or "").strip().splitlines()[0]
         lines.append(f"  {name:<15} {doc.split(': ', 1)[-1]}")
     lines += ["", "other commands:"] + [f"  {n:<15} {s}" for n, (s, _) in OTHER.items()]
+    lines += ["", "example:", "  wandao eval qa --dataset xquad-en --predictions preds.jsonl --json",
+              "  wandao eval retrieval --index runs/indexes/scifact --dataset scifact --json"]
     lines += ["", "Every suite accepts --out RUN_DIR (default runs/eval/<suite>-<timestamp>), --config YAML,",
               "--force and --json; the last line printed is the metrics JSON."]
     return "\n".join(lines)
@@ -152,7 +154,7 @@ def main(argv: list[str]) -> int:
 
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
-        return 0
+        raise SystemExit(0)  # as argparse does for --help
     name, rest = argv[0], argv[1:]
     if name in SUITES:
         return _run_suite(name, rest)

@@ -61,7 +61,7 @@ def suite(cfg: Config) -> tuple[dict, list[dict]]:
     rows: list[dict] = []
     for start in tqdm(range(0, len(examples), cfg.batch_size), desc="retrieve", unit="batch"):
         batch = examples[start:start + cfg.batch_size]
-        res = index.retrieve([e["question"] for e in batch], k=depth, retriever=cfg.retriever)
+        res = index.retrieve([e["question"] for e in batch], k=depth, retriever=cfg.retriever, with_documents=True)
         for i, ex in enumerate(batch):
             texts = _passage_texts(index, res, i)
             ids = [h.doc_id for h in res.hits(i)]
