@@ -789,10 +789,9 @@ class T5(_LMBase):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.shared
 
-    def _init_weights(self) -> None:
-        super()._init_weights()
-        # embeddings at std 1 as T5 does: with tied output scaling d^-0.5 the logits start O(1)
-        torch.nn.init.normal_(self.shared.weight, mean=0.0, std=1.0)
+    # Init: the shared normal(0, init_std) of build_model, not T5's embedding std 1.0. With the tied
+    # output scaled by d^-0.5, std 1.0 makes the input token's logit start near sqrt(d) (loss ~22 for
+    # t5-small); std 0.02 starts every logit near 0 and the loss near log(vocab_size).
 
     def encode(self, enc_idx: torch.Tensor, enc_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.encoder(self.shared(enc_idx), pad_mask=enc_mask)
@@ -864,6 +863,7 @@ def hf_config_dict(cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
         )
     d.update(common)
     d["architectures"] = [HF_CLASS[cfg.arch]]
+    d["wandao_model_config"] = cfg.to_dict()  # exact round trip (e.g. bias=False, which GPT-2 cannot say)
     d.update(extra)
     return d
 
@@ -874,6 +874,9 @@ def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConf
     Raises ValueError naming ``source`` and the field for options wandao's modules do not implement
     (the trainer then falls back to the plain transformers model)."""
     mt = hf.get("model_type")
+    ours = hf.get("wandao_model_config")
+    if isinstance(ours, dict) and HF_MODEL_TYPE.get(ours.get("arch")) == mt:
+        return ModelConfig.from_dict(ours, source=source)
 
     def unsupported(field_: str, value: Any) -> ValueError:
         return ValueError(f"{source}: {field_}={value!r} is not supported by wandao's {mt} module; "
