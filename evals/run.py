@@ -64,14 +64,11 @@ def _jsonable(value: Any) -> Any:
 
 def _machine() -> dict:
     info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")  # only when the suite used it: importing torch costs seconds
+    if torch is not None:
         info["torch"] = torch.__version__
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
     return info
 
 
