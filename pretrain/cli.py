@@ -1,0 +1,10 @@
+"""The pretrain package's commands (``wandao <name>``) and config classes (for the config test)."""
+
+COMMANDS = {
+    "pretrain": ("pretrain.train:main", "pretrain a decoder-only LM (plain torch or DeepSpeed ZeRO 1/2/3)"),
+}
+
+# command -> config dataclass, so every YAML under configs/ can be loaded by the command its first line names.
+CONFIGS = {
+    "pretrain": "pretrain.train:PretrainConfig",
+}
