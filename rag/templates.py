@@ -214,6 +214,8 @@ class Template:
         self.budget = budget or Budget()
         specials = tokenizer.special_tokens if tokenizer is not None else ()
         self.sanitizer = sanitizer or Sanitizer(special_tokens=specials, extra=self.delimiters)
+        self._token_cache: dict[str, tuple[list[int], list[int]]] = {}
+        self._overhead_cache: dict[tuple[int, str], int] = {}
 
     # ---- pieces each template defines ---------------------------------------------------------
     def block(self, i: int, title: str, text: str) -> str:
@@ -260,9 +262,69 @@ class Template:
         return self.tokenizer.count(text)
 
     def fit(self, passages: list[Passage]) -> list[Passage]:
-        """Cut passages to the per-passage budget and keep as many as fit the total budget."""
+        """Cut passages to the per-passage budget and keep as many as fit the total budget.
+
+        A fast path counts each passage text once (cached by text) and adds the block's overhead;
+        one exact count of the result verifies it. When the verification fails (a tokenizer whose
+        counts are not additive across the block's separators), the exact path re-counts every step.
+        """
         if self.tokenizer is None:
             return list(passages)
+        fast = self._fit_fast(passages)
+        return fast if fast is not None else self._fit_exact(passages)
+
+    def _text_tokens(self, text: str) -> tuple[list[int], list[int]]:
+        got = self._token_cache.get(text)
+        if got is None:
+            ids, offsets = self.tokenizer.encode_offsets(text)
+            got = (ids, [e for _, e in offsets])
+            if len(self._token_cache) > 50_000:
+                self._token_cache.clear()
+            self._token_cache[text] = got
+        return got
+
+    def _overhead(self, i: int, title: str) -> int:
+        key = (i, title)
+        n = self._overhead_cache.get(key)
+        if n is None:
+            n = self._overhead_cache[key] = self._count(self.block(i, title, ""))
+        return n
+
+    def _fit_fast(self, passages: list[Passage]) -> list[Passage] | None:
+        import bisect
+
+        b = self.budget
+        kept: list[Passage] = []
+        used = 0
+        for i, p in enumerate(passages, start=1):
+            ids, ends = self._text_tokens(p.text)
+            over = self._overhead(i, p.title)
+            n = over + len(ids)
+            room = min(b.passage_tokens, b.total_tokens - used)
+            if n > room:
+                text_room = room - over
+                if text_room < b.min_passage_tokens:
+                    break
+                text = _cut_at_boundary(p.text, ends[text_room - 1])
+                n_text = bisect.bisect_right(ends, len(text))
+                if not text or n_text < b.min_passage_tokens:
+                    break
+                p, n = replace(p, text=text, truncated=True), over + n_text
+            kept.append(p)
+            used += n
+            if used >= b.total_tokens:
+                break
+        if len(kept) < b.min_passages:
+            return None
+        if not kept:
+            return kept
+        counts = self.tokenizer.count_batch([self.block(i, p.title, p.text) for i, p in enumerate(kept, start=1)]
+                                            + [self.join_blocks(kept)])
+        if all(c <= b.passage_tokens for c in counts[:-1]) and counts[-1] <= b.total_tokens:
+            return kept
+        return None
+
+    def _fit_exact(self, passages: list[Passage]) -> list[Passage]:
         b = self.budget
         texts = [self.block(i, p.title, p.text) for i, p in enumerate(passages, start=1)]
         counts = self.tokenizer.count_batch(texts)
