@@ -26,7 +26,7 @@ def beir_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "tiny-beir"
     (folder / "qrels").mkdir(parents=True)
     docs = {"d1": "The Eiffel Tower is 330 metres tall.", "d2": "Paris is the capital of France.",
-            "d3": "Lyon is famous for its food.", "d4": "France's capital city is Paris.", "q1": "a query-id doc"}
+            "d3": "Lyon is famous for its food.", "d4": "France's capital city is Paris.", "q1": "eiffel tower height, a document that shares the id of query q1"}
     (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n"
                                                  for k, v in docs.items()))
     (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in QUERIES.items()))
