@@ -347,11 +347,13 @@ class _LMBase(nn.Module):
         """The state dict in the transformers class's layout (contiguous, tied lm_head dropped)."""
         return _to_hf_state(self.cfg, self.state_dict())
 
-    def save_pretrained(self, out_dir: str | os.PathLike, force: bool = True, **hf_config: Any) -> Path:
+    def save_pretrained(self, out_dir: str | os.PathLike, force: bool = True,
+                        extra_files: dict[str, str | os.PathLike] | None = None, **hf_config: Any) -> Path:
         """Write ``config.json``, ``generation_config.json`` and ``model.safetensors`` for transformers.
 
         The folder is built beside ``out_dir`` and renamed into place, so it is never half-written.
-        ``hf_config`` adds fields to the transformers config (e.g. ``eos_token_id=0``).
+        ``extra_files`` maps names to files copied in too (e.g. the tokenizer); ``hf_config`` adds
+        fields to the transformers config (e.g. ``eos_token_id=0``).
         """
         from safetensors.torch import save_file
 
@@ -363,6 +365,8 @@ class _LMBase(nn.Module):
             if self.cfg.arch == "t5":
                 gen["decoder_start_token_id"] = config["decoder_start_token_id"]
             (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
+            for name, src in (extra_files or {}).items():
+                shutil.copyfile(src, tmp / name)
         logger.info("saved %s (%s) to %s", self.cfg.arch, HF_CLASS[self.cfg.arch], out_dir)
         return Path(out_dir)
 
