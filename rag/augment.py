@@ -193,6 +193,7 @@ def sft_records(items: Iterable[QAItem], retriever, template: Template, cfg: SFT
                         modes[i] = "none"  # nothing retrieved lacks the answer: fall back to no evidence
                         stats["distractor_fallbacks"] = stats.get("distractor_fallbacks", 0) + 1
                 hits[i] = pairs
+        examples, batch_passages = [], []
         for i, item in enumerate(batch):
             mode = modes[i]
             ps = [passages(d, s) for d, s in hits.get(i, [])] if mode != "none" else []
@@ -200,8 +201,12 @@ def sft_records(items: Iterable[QAItem], retriever, template: Template, cfg: SFT
                 target = cfg.abstain_answer
             else:
                 target = item.answer
-            ex = Example(question=item.question, answer=target, passages=ps, query=item.query, history=item.history)
-            r = template.render(ex, passages_are_clean=True)
+            examples.append(Example(question=item.question, answer=target, passages=ps, query=item.query,
+                                    history=item.history))
+            batch_passages.append(ps)
+        rendered = template.render_many(examples, passages_are_clean=True)
+        for i, (item, r, ps) in enumerate(zip(batch, rendered, batch_passages)):
+            mode = modes[i]
             if cfg.cite and mode == "evidence" and item.answers:
                 docs = {p.doc_id: p for p in ps}
                 for j, doc_id in enumerate(r.evidence_ids, start=1):
@@ -286,9 +291,10 @@ def rl_records(items: Iterable[QAItem], retriever, template: Template, cfg: RLAu
         else:
             res = retriever.retrieve([_query(it) for it in batch], k=cfg.k, exclude_ids=excluded or None)
             hits = [[passages(h.document, h.score) for h in res.hits(i)] for i in range(len(batch))]
-        for item, ps in zip(batch, hits):
-            r = template.render(Example(question=item.question, answer="", passages=ps, query=item.query,
-                                        history=item.history), passages_are_clean=True)
+        rendered = template.render_many([Example(question=item.question, answer="", passages=ps, query=item.query,
+                                                 history=item.history) for item, ps in zip(batch, hits)],
+                                        passages_are_clean=True)
+        for item, r in zip(batch, rendered):
             yield {"id": item.id, "prompt": r.prompt, "evidence_ids": r.evidence_ids, "query": _query(item),
                    "template": r.name, "reference": item.answer, "answers": item.answers,
                    "history": [list(t) for t in item.history], "question": item.question,

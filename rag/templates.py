@@ -239,6 +239,51 @@ class Template:
             title = title.replace(self.title_end, self.title_end.rstrip() + "\u00a0")
         return replace(p, title=title, text=self.sanitizer(p.text))
 
+    def render_many(self, examples: Sequence[Example], passages_are_clean: bool = False) -> list[Rendered]:
+        """:meth:`render` for a batch: budgets are verified with one batched tokenizer call.
+
+        Each example's evidence is fitted from cached per-text token counts, then all evidence
+        strings are tokenised together and every block is checked against the budgets as it is
+        tokenised in place; an example that fails is re-fitted exactly, one count at a time.
+        """
+        cleaned = [ex.passages if passages_are_clean else [self.clean_passage(p) for p in ex.passages]
+                   for ex in examples]
+        if self.tokenizer is None:
+            fitted = [list(ps) for ps in cleaned]
+        else:
+            fitted = [self._fit_fast(ps, verify=False) if ps else [] for ps in cleaned]
+            todo = [i for i, f in enumerate(fitted) if f]
+            if todo and not self.tokenizer.additive:
+                joined = [self.join_blocks(fitted[i]) for i in todo]
+                encs = self.tokenizer.backend.encode_batch(joined, add_special_tokens=False)
+                for i, text, enc in zip(todo, joined, encs):
+                    if not self._within_budget(fitted[i], text, enc.offsets):
+                        fitted[i] = None
+            fitted = [f if f is not None else self._fit_exact(ps) for f, ps in zip(fitted, cleaned)]
+        return [self._layout_rendered(ex, f) for ex, f in zip(examples, fitted)]
+
+    def _within_budget(self, kept: list[Passage], joined: str, offsets: list[tuple[int, int]]) -> bool:
+        b = self.budget
+        if len(offsets) > b.total_tokens:
+            return False
+        sep = self.join_blocks([Passage("", "", ""), Passage("", "", "")])
+        sep = sep[len(self.block(1, "", "")):len(sep) - len(self.block(2, "", ""))]
+        bounds, pos = [], 0
+        for i, p in enumerate(kept, start=1):
+            end = pos + len(self.block(i, p.title, p.text))
+            bounds.append(end)
+            pos = end + len(sep)
+        import bisect
+
+        starts = [s for s, _ in offsets]
+        prev = 0
+        for end in bounds:
+            n = bisect.bisect_left(starts, end) - prev
+            if n > b.passage_tokens:
+                return False
+            prev += n
+        return True
+
     def render(self, ex: Example, passages_are_clean: bool = False) -> Rendered:
         """Sanitise, fit to the budget and lay out ``ex``.
 
@@ -250,7 +295,9 @@ class Template:
             EvidenceBudgetError: passages were given but fewer than ``budget.min_passages`` fit.
         """
         passages = ex.passages if passages_are_clean else [self.clean_passage(p) for p in ex.passages]
-        fitted = self.fit(passages) if passages else []
+        return self._layout_rendered(ex, self.fit(passages) if passages else [])
+
+    def _layout_rendered(self, ex: Example, fitted: list[Passage]) -> Rendered:
         blocks = [self.block(i, p.title, p.text) for i, p in enumerate(fitted, start=1)]
         query = _one_line(ex.query if ex.query is not None else ex.question)
         prompt, response, starts = self.layout(replace(ex, query=query), blocks)
@@ -290,7 +337,7 @@ class Template:
             n = self._overhead_cache[key] = self._count(self.block(i, title, ""))
         return n
 
-    def _fit_fast(self, passages: list[Passage]) -> list[Passage] | None:
+    def _fit_fast(self, passages: list[Passage], verify: bool = True) -> list[Passage] | None:
         import bisect
 
         b = self.budget
@@ -316,7 +363,7 @@ class Template:
                 break
         if len(kept) < b.min_passages:
             return None
-        if not kept:
+        if not kept or not verify:
             return kept
         counts = self.tokenizer.count_batch([self.block(i, p.title, p.text) for i, p in enumerate(kept, start=1)]
                                             + [self.join_blocks(kept)])

@@ -51,6 +51,10 @@ class TextTokenizer:
         self.special_tokens: list[str] = sorted({t.content for t in decoder.values() if t.special},
                                                 key=lambda s: (-len(s), s))
         self.special_ids: set[int] = {i for i, t in decoder.items() if t.special}
+        #: True when token counts add up across whitespace: BERT's pre-tokenizer splits at every space
+        #: and punctuation mark, so "a\nb" has count("a") + count("b") tokens. Byte-level BPE is not
+        #: additive (a leading space joins the next word's token), so budgets there are re-verified.
+        self.additive: bool = type(backend.pre_tokenizer).__name__ == "BertPreTokenizer"
 
     @property
     def vocab_size(self) -> int:
