@@ -211,7 +211,7 @@ def sft_records(items: Iterable[QAItem], retriever, template: Template, cfg: SFT
                 docs = {p.doc_id: p for p in ps}
                 for j, doc_id in enumerate(r.evidence_ids, start=1):
                     if _contains_answer({"text": docs[doc_id].text}, item.answers):
-                        r.response = f"{r.response} [{j}]"
+                        r.response = template.add_citation(r.response, f"[{j}]")
                         break
             stats[mode] = stats.get(mode, 0) + 1
             scores = {p.doc_id: p.score for p in ps}

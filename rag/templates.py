@@ -429,6 +429,10 @@ class Template:
             if room < self.budget.min_passage_tokens:
                 return None
 
+    def add_citation(self, response: str, marker: str) -> str:
+        """The response with a citation marker (``[2]``) appended to the answer text."""
+        return f"{response} {marker}"
+
     # ---- helpers for layouts/parsers ----------------------------------------------------------
     def _history_lines(self, history: list[tuple[str, str]]) -> list[str]:
         lines = []
@@ -642,6 +646,11 @@ class SearchR1Template(Template):
         return head, f"<answer> {ex.answer} </answer>", starts
 
     _BLOCK = re.compile(r"Doc (\d+)\(Title: (.*?)\) ([^\n]*)")
+
+    def add_citation(self, response: str, marker: str) -> str:
+        if response.endswith(" </answer>"):
+            return response[:-len(" </answer>")] + f" {marker} </answer>"
+        return f"{response} {marker}"
 
     def parse(self, prompt: str, response: str) -> Parsed:
         if not prompt.startswith(self.INSTRUCTION) or not prompt.endswith("\n"):

@@ -146,3 +146,8 @@ def test_minimum_evidence_that_cannot_fit_is_a_clear_error(tok):
 def test_cited_ids_map_markers_back():
     assert cited_ids("A [2], B [1], C [2] and [7].", ["x", "y"]) == ["y", "x"]  # [7] is out of range
     assert cited_ids("no citations", ["x"]) == []
+
+
+def test_citations_go_inside_the_answer():
+    assert get_template("sparrow").add_citation("Denver", "[2]") == "Denver [2]"
+    assert get_template("search-r1").add_citation("<answer> Denver </answer>", "[1]") == "<answer> Denver [1] </answer>"
