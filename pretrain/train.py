@@ -421,6 +421,8 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
                     _, loss = train_model(x, y, loss_mask=m)
                     loss = loss / accum
                 loss.backward()
+            if accum > 1:  # the logged loss is the mean over micro-batches (no sync: a device tensor)
+                loss_sum = loss.detach() if micro == 0 else loss_sum + loss.detach()
         if use_ds:
             grad_norm = engine.get_global_grad_norm()
         else:
@@ -434,7 +436,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         tokens_since_log += tokens_per_step
         if step % tc.log_interval == 0 or step == tc.max_iters - 1:
             # Sync point: .item() waits for the device; only here, every log_interval steps.
-            lossf = loss.item() * (1 if use_ds else accum)
+            lossf = loss_sum.item() / (accum if use_ds else 1) if accum > 1 else loss.item()
             gnorm = float(grad_norm) if grad_norm is not None else float("nan")
             now = time.perf_counter()
             tps = tokens_since_log / max(now - t_log, 1e-9)

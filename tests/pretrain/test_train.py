@@ -1,0 +1,144 @@
+"""The trainer end to end on a tiny model: loss drops, accumulation equivalence, exact resume, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pretrain.metrics import read_metrics
+from pretrain.train import PretrainConfig, main, run
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two cores shared by several jobs: one thread avoids OpenMP spin-waiting and is faster for tiny models.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("token-cache")
+
+
+def _cfg(out_dir, cache, data_dir, **overrides) -> PretrainConfig:
+    base = {
+        "model.preset": "tiny", "model.block_size": "16",
+        "data.sources": [{"path": str(data_dir / "tinyshakespeare" / "input.txt")}],
+        "data.cache_dir": str(cache),
+        "optim.lr": "3e-3", "schedule.warmup_iters": "2", "schedule.min_lr": "3e-4",
+        "train.out_dir": str(out_dir), "train.max_iters": "20", "train.micro_batch_size": "8",
+        "train.eval_interval": "1000", "train.eval_iters": "4", "train.log_interval": "1", "train.plot": "false",
+    }
+    base.update(overrides)
+    return PretrainConfig.load(None, base)
+
+
+def _train_losses(out_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(out_dir / "metrics.jsonl") if r["kind"] == "train"}
+
+
+def test_loss_drops_and_every_parameter_changes(tmp_path, cache, data_dir):
+    from pretrain.model import build_model, from_preset, load_pretrained
+
+    summary = run(_cfg(tmp_path / "run", cache, data_dir, **{"train.max_iters": "40", "train.plot": "true"}))
+    evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 40
+    # A fresh char model starts near ln(65) = 4.17; 40 steps of this seeded run reach 3.43 (2026-11-27).
+    assert evals[0]["val_loss"] == pytest.approx(4.17, abs=0.1)
+    assert summary["final_val_loss"] == pytest.approx(3.43, abs=0.1)
+    assert summary["final_val_loss"] < evals[0]["val_loss"] - 0.6
+    assert summary["steps"] == 40 and summary["out_dir"] == str(tmp_path / "run")
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    record = next(r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train")
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_mb"} <= set(record)
+
+    torch.manual_seed(1337)  # the trainer's seed: the same initial weights
+    init = build_model(from_preset("tiny", vocab_size=65, block_size=16)).state_dict()
+    final = load_pretrained(tmp_path / "run" / "step-00000040").state_dict()
+    unchanged = [k for k in init if torch.equal(init[k], final[k])]
+    assert unchanged == []
+
+
+def test_checkpoint_loads_in_transformers(tmp_path, cache, data_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run(_cfg(tmp_path / "run", cache, data_dir, **{"train.max_iters": "2"}))
+    ckpt = tmp_path / "run" / "step-00000002"
+    assert {"model.safetensors", "config.json", "tokenizer.json", "optimizer.pt", "trainer_state.pt"} <= {
+        p.name for p in ckpt.iterdir()}
+    hf = AutoModelForCausalLM.from_pretrained(str(ckpt))
+    tok = AutoTokenizer.from_pretrained(str(ckpt))
+    assert hf.config.vocab_size == len(tok) == 65
+
+
+def test_grad_accumulation_matches_one_big_batch(tmp_path, cache, data_dir):
+    """micro-batch 8 x 1 step == micro-batch 1 x 8 accumulation (same windows, same update)."""
+    from pretrain.model import load_pretrained
+
+    common = {"train.max_iters": "3", "optim.grad_clip": "0"}
+    run(_cfg(tmp_path / "big", cache, data_dir, **common))
+    run(_cfg(tmp_path / "acc", cache, data_dir, **common, **{"train.micro_batch_size": "1",
+                                                              "train.grad_accum_steps": "8"}))
+    big, acc = _train_losses(tmp_path / "big"), _train_losses(tmp_path / "acc")
+    assert big.keys() == acc.keys() == {0, 1, 2}
+    for step in big:  # the logged loss is the mean over the 8 sequences either way
+        assert acc[step] == pytest.approx(big[step], abs=1e-5)
+    a = load_pretrained(tmp_path / "big" / "step-00000003").state_dict()
+    b = load_pretrained(tmp_path / "acc" / "step-00000003").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4)
+
+
+def test_resume_is_exact(tmp_path, cache, data_dir):
+    """A run stopped at step 10 and resumed gives bit-identical losses to an uninterrupted one."""
+    from pretrain.model import load_pretrained
+
+    extra = {"train.max_iters": "20", "train.checkpoint_interval": "10", "train.keep_checkpoints": "0",
+             "model.dropout": "0.1"}  # dropout: the torch RNG state must be restored too
+    run(_cfg(tmp_path / "full", cache, data_dir, **extra))
+    resumed = run(_cfg(tmp_path / "resumed", cache, data_dir, **extra,
+                       **{"train.resume": str(tmp_path / "full" / "step-00000010")}))
+    full, again = _train_losses(tmp_path / "full"), _train_losses(tmp_path / "resumed")
+    assert sorted(again) == list(range(10, 20))
+    assert [again[s] for s in range(10, 20)] == [full[s] for s in range(10, 20)]  # exact equality
+    assert resumed["steps_this_run"] == 10
+    a = load_pretrained(tmp_path / "full" / "step-00000020").state_dict()
+    b = load_pretrained(tmp_path / "resumed" / "step-00000020").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_loss_masked_token_folder(tmp_path, data_dir):
+    """The rag augmenter's format: packed rows with a loss mask over the evidence prefix."""
+    from pretrain.data import TokenWriter
+    from pretrain.tokenizer import build_char_tokenizer
+
+    text = (data_dir / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:20000]
+    tok = build_char_tokenizer(text)
+    tok.save_pretrained(str(tmp_path / "tok"))
+    ids = np.asarray(tok(text)["input_ids"])
+    seq = 17
+    with TokenWriter(tmp_path / "rag", len(tok), None, seq_len=seq, with_loss_mask=True) as w:
+        for r in range(len(ids) // seq):
+            w.add(ids[r * seq:(r + 1) * seq], loss_mask=[0] * 6 + [1] * (seq - 6))
+    summary = run(_cfg(tmp_path / "run", tmp_path / "cache", data_dir, **{
+        "data.sources": [{"path": str(tmp_path / "rag")}], "data.tokenizer": str(tmp_path / "tok"),
+        "train.max_iters": "5"}))
+    assert summary["final_val_loss"] is not None and summary["steps"] == 5
+
+
+def test_cli_last_line_is_json(tmp_path, cache, data_dir, capsys):
+    code = main(["--config", "configs/pretrain/tiny.yaml", "--train.out_dir", str(tmp_path / "cli"),
+                 "--train.max_iters", "3", "--train.eval_iters", "2", "--data.cache_dir", str(cache),
+                 "--model.block_size", "16", "--train.plot", "false"])
+    assert code == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"final_val_loss", "steps", "tokens_per_s", "out_dir"} <= set(last)
+    assert last["steps"] == 3 and last["out_dir"] == str(tmp_path / "cli")
+    saved = (tmp_path / "cli" / "config.yaml").read_text()
+    assert "max_iters: 3" in saved
