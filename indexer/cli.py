@@ -78,9 +78,9 @@ def index_main(argv: list[str]) -> int:
             from indexer.index import BuildOptions, build_index
 
             try:
-                weights = tuple(float(w) for w in args.field_weights.split(","))
-                assert len(weights) == 2
-            except (ValueError, AssertionError):
+                title_w, text_w = (float(w) for w in args.field_weights.split(","))
+                weights = {"title": title_w, "text": text_w}
+            except ValueError:
                 return _fail(f"--field-weights expects TITLE,TEXT numbers, got {args.field_weights!r}")
             bm25 = args.bm25 or not (args.dense or args.lucene)
             opts = BuildOptions(bm25=bm25, dense=args.dense, faiss=args.faiss, fp16=args.fp16,

@@ -52,7 +52,7 @@ class BuildOptions:
     encoder_backend: str = "auto"
     lucene: bool = False
     multifield: bool = False
-    field_weights: tuple[float, float] = (1.0, 1.0)  # (title, text) in multifield mode
+    field_weights: dict[str, float] | None = None  # multifield mode: {"title": w, "text": w}
     k1: float = 0.9
     b: float = 0.4
     chunk_tokens: int = 0  # 0 = index whole documents
@@ -68,16 +68,23 @@ def _versions() -> dict[str, str]:
     return {"wandao": __version__, "python": platform.python_version(), "numpy": numpy.__version__}
 
 
+def _describe(engine: Any) -> dict:
+    """A backend's manifest section (analyzer or encoder, parameters, counts, versions)."""
+    describe = getattr(engine, "to_manifest", None) or getattr(engine, "info")
+    return describe()
+
+
 def _build_backends(docs: list[dict], tmp: Path, opts: BuildOptions) -> dict[str, Any]:
     backends: dict[str, Any] = {}
     if opts.bm25:
         from indexer.bm25 import BM25
 
         t0 = time.perf_counter()
-        engine = BM25(k1=opts.k1, b=opts.b, multifield=opts.multifield, field_weights=opts.field_weights)
+        engine = BM25(k1=opts.k1, b=opts.b, multifield=opts.multifield,
+                      field_weights=opts.field_weights if opts.multifield else None)
         engine.index(docs)
         engine.save(tmp / "bm25")
-        backends["bm25"] = {**engine.info(), "seconds": round(time.perf_counter() - t0, 3)}
+        backends["bm25"] = {**_describe(engine), "seconds": round(time.perf_counter() - t0, 3)}
     if opts.dense:
         from indexer.dense import DenseIndex
 
@@ -85,13 +92,13 @@ def _build_backends(docs: list[dict], tmp: Path, opts: BuildOptions) -> dict[str
         model = None if opts.dense == "default" else opts.dense
         index = DenseIndex.build(docs, tmp / "dense", model=model, factory=opts.faiss, fp16=opts.fp16,
                                  encoder_backend=opts.encoder_backend)
-        backends["dense"] = {**index.info(), "seconds": round(time.perf_counter() - t0, 3)}
+        backends["dense"] = {**_describe(index), "seconds": round(time.perf_counter() - t0, 3)}
     if opts.lucene:
         from indexer.lucene import LuceneBM25
 
         t0 = time.perf_counter()
         index = LuceneBM25.build(docs, tmp / "lucene", k1=opts.k1, b=opts.b, threads=opts.threads)
-        backends["lucene"] = {**index.info(), "seconds": round(time.perf_counter() - t0, 3)}
+        backends["lucene"] = {**_describe(index), "seconds": round(time.perf_counter() - t0, 3)}
     if not backends:
         raise ValueError("nothing to build: choose at least one of --bm25, --dense, --lucene")
     return backends
@@ -197,7 +204,7 @@ def add_documents(index_dir: str | Path, corpus: str | Path | Iterable[dict], de
             else:
                 shutil.copytree(index.path / kind, tmp / kind)
                 engine = engine.add(fresh, tmp / kind)
-            backends[kind] = {**engine.info(), "seconds_last_add": round(time.perf_counter() - t0, 3)}
+            backends[kind] = {**_describe(engine), "seconds_last_add": round(time.perf_counter() - t0, 3)}
         manifest = dict(index.manifest)
         manifest["corpus"] = {**manifest["corpus"], "fingerprint": fingerprint, "documents": count}
         manifest["backends"] = backends
