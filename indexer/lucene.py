@@ -60,8 +60,8 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'wandao[lucene]'"
 MIN_JAVA = 21
-#: The analyzer Anserini's ``SimpleIndexer`` uses by default; the embedded engine reproduces it.
-ANALYZER = "lucene-english"
+#: Anserini's ``DefaultEnglishAnalyzer``, named as :mod:`indexer.analysis` names its exact reproduction.
+ANALYZER = "lucene-english-v1"
 META_FILE = "lucene.json"
 INDEX_SUBDIR = "index"
 FORMAT_VERSION = 1
@@ -321,7 +321,8 @@ class LuceneBM25:
 
     @classmethod
     def build(cls, docs: Iterable[dict], out_dir: str | os.PathLike, k1: float = 0.9, b: float = 0.4,
-              threads: int = 0, multifield: bool = False, field_weights: tuple[float, float] = (1.0, 1.0),
+              threads: int = 0, multifield: bool = False,
+              field_weights: tuple[float, float] | dict[str, float] = (1.0, 1.0),
               store_docs: bool = False, force: bool = False, anserini_scores: bool = False) -> "LuceneBM25":
         """Index ``{"id", "title", "text"}`` documents into a new folder, atomically.
 
@@ -333,7 +334,8 @@ class LuceneBM25:
             multifield: index the title and text as separate fields (Anserini's BEIR multifield
                 layout: ``contents`` = text, ``title`` = title) instead of one flat field
                 ``contents`` = title + " " + text (Anserini's BEIR flat layout).
-            field_weights: (title, text) boosts in multifield mode.
+            field_weights: (title, text) boosts in multifield mode, or a dict with keys
+                ``title`` and ``text`` (as :class:`indexer.bm25.BM25` takes them).
             store_docs: also store the documents in Lucene, so ``retrieve(with_documents=True)``
                 works without a separate docstore.
             force: replace an existing ``out_dir``.
@@ -345,6 +347,11 @@ class LuceneBM25:
         if not docs:
             raise ValueError("cannot build a Lucene index from an empty corpus")
         _check_docs(docs)
+        if isinstance(field_weights, dict):
+            unknown = set(field_weights) - {"title", "text"}
+            if unknown:
+                raise ValueError(f"unknown fields in field_weights: {sorted(unknown)}; use 'title' and 'text'")
+            field_weights = (field_weights.get("title", 1.0), field_weights.get("text", 1.0))
         start_jvm()
         with atomic_directory(out_dir, force=force) as tmp:
             meta = {"format_version": FORMAT_VERSION, "backend": "lucene", "analyzer": ANALYZER,
