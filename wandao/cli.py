@@ -19,6 +19,10 @@ from wandao import __version__
 COMMAND_PACKAGES = ("indexer", "rag", "pretrain", "align", "evals")
 
 
+# Commands that span every package live here rather than in one package.
+BUILTIN_COMMANDS = {"demo": ("wandao.demo:main", "run the end-to-end demo on the mirrored data and write its report")}
+
+
 def _collect_commands() -> dict[str, tuple[str, str]]:
     commands: dict[str, tuple[str, str]] = {}
     for package in COMMAND_PACKAGES:
@@ -32,6 +36,7 @@ def _collect_commands() -> dict[str, tuple[str, str]]:
             if name in commands:
                 raise RuntimeError(f"command {name!r} is defined twice ({commands[name][0]} and {entry[0]})")
             commands[name] = entry
+    commands.update(BUILTIN_COMMANDS)
     return commands
 
 
