@@ -122,8 +122,10 @@ class _Tables:
         self.unit_re = re.compile(first + self._token_pattern(ascii_only=False))  # every rule but emoji
         self.fast_re = re.compile(first + self._run_pattern(ascii_only=False))  # no Hebrew, katakana, emoji
         self.ascii_re = re.compile(ascii_first + self._run_pattern(ascii_only=True))  # the same rules, ASCII
-        self.emoji_re = re.compile(self._cls(*_EMOJI_CLASSES))
-        self.unit_only_re = re.compile(self._cls(_HEBREW, _KATAKANA))
+        # Characters that send a document to the exact DFA (emoji) or to the unit grammar.
+        self.emoji_chars = frozenset(chr(c) for s, e, k in self.ranges if k in _EMOJI_CLASSES for c in range(s, e))
+        self.unit_chars = frozenset(chr(c) for s, e, k in self.ranges if k in (_HEBREW, _KATAKANA)
+                                    for c in range(s, e))
 
     def _run_pattern(self, ascii_only: bool) -> str:
         """Tokens as maximal runs: letters, digits and ExtendNumLet join freely (WB5, WB8-10, WB13a/b),
@@ -230,9 +232,9 @@ def tokenize_uax29(text: str) -> list[str]:
     t = _tables or _get_tables()
     if text.isascii():
         tokens = t.ascii_re.findall(text)
-    elif t.emoji_re.search(text):
+    elif not t.emoji_chars.isdisjoint(text):
         return t.dfa_tokens(text)
-    elif t.unit_only_re.search(text):
+    elif not t.unit_chars.isdisjoint(text):
         tokens = t.unit_re.findall(text)
     else:
         tokens = t.fast_re.findall(text)
@@ -252,7 +254,10 @@ def java_lower(s: str) -> str:
 # --- Lucene's PorterStemmer (org.apache.lucene.analysis.en.PorterStemmer), ported line by line ---
 
 class _PorterStemmer:
-    """Martin Porter's reference algorithm as Lucene implements it (operates on UTF-16 units)."""
+    """Martin Porter's reference algorithm as Lucene implements it (operates on UTF-16 units).
+
+    ``b`` is an immutable str; only ``b[:k + 1]`` is live, as in the Java buffer.
+    """
 
     __slots__ = ("b", "j", "k", "k0")
 
@@ -291,7 +296,10 @@ class _PorterStemmer:
             i += 1
 
     def vowelinstem(self) -> bool:
-        return any(not self.cons(i) for i in range(self.k0, self.j + 1))
+        for i in range(self.k0, self.j + 1):
+            if not self.cons(i):
+                return True
+        return False
 
     def doublec(self, j: int) -> bool:
         if j < self.k0 + 1 or self.b[j] != self.b[j - 1]:
@@ -304,22 +312,14 @@ class _PorterStemmer:
         return self.b[i] not in "wxy"
 
     def ends(self, s: str) -> bool:
-        n = len(s)
-        o = self.k - n + 1
-        if o < self.k0:
+        o = self.k - len(s) + 1
+        if o < self.k0 or not self.b.startswith(s, o):
             return False
-        if "".join(self.b[o:o + n]) != s:
-            return False
-        self.j = self.k - n
+        self.j = self.k - len(s)
         return True
 
     def setto(self, s: str) -> None:
-        o = self.j + 1
-        for i, c in enumerate(s):
-            if o + i < len(self.b):
-                self.b[o + i] = c
-            else:
-                self.b.append(c)
+        self.b = self.b[:self.j + 1] + s + self.b[self.j + 1 + len(s):]
         self.k = self.j + len(s)
 
     def r(self, s: str) -> None:
@@ -327,13 +327,12 @@ class _PorterStemmer:
             self.setto(s)
 
     def step1(self) -> None:
-        b = self.b
-        if b[self.k] == "s":
+        if self.b[self.k] == "s":
             if self.ends("sses"):
                 self.k -= 2
             elif self.ends("ies"):
                 self.setto("i")
-            elif b[self.k - 1] != "s":
+            elif self.b[self.k - 1] != "s":
                 self.k -= 1
         if self.ends("eed"):
             if self.m() > 0:
@@ -356,7 +355,7 @@ class _PorterStemmer:
 
     def step2(self) -> None:
         if self.ends("y") and self.vowelinstem():
-            self.b[self.k] = "i"
+            self.b = self.b[:self.k] + "i" + self.b[self.k + 1:]
 
     _STEP3 = {
         "a": (("ational", "ate"), ("tional", "tion")),
@@ -398,10 +397,15 @@ class _PorterStemmer:
             return
         c = self.b[self.k - 1]
         if c == "o":
+            # j >= 0 fixes Bug 2 ('ion' alone)
             if not ((self.ends("ion") and self.j >= 0 and self.b[self.j] in "st") or self.ends("ou")):
                 return
-        elif not any(self.ends(s) for s in self._STEP5.get(c, ())):
-            return
+        else:
+            for suffix in self._STEP5.get(c, ()):
+                if self.ends(suffix):
+                    break
+            else:
+                return
         if self.m() > 1:
             self.k = self.j
 
@@ -415,7 +419,7 @@ class _PorterStemmer:
             self.k -= 1
 
     def stem(self, word: str) -> str:
-        self.b = list(word)
+        self.b = word
         self.k0, self.k, self.j = 0, len(word) - 1, 0
         if self.k > self.k0 + 1:
             self.step1()
@@ -424,7 +428,7 @@ class _PorterStemmer:
             self.step4()
             self.step5()
             self.step6()
-        return "".join(self.b[:self.k + 1])
+        return self.b[:self.k + 1]
 
 
 _stemmer_local = threading.local()
