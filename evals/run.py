@@ -249,8 +249,9 @@ def write_report(run_dir: str | os.PathLike, n_worst: int = 10) -> Path:
 
         module = get_suite(suite)
         headline, (worst_key, low_is_bad) = module.HEADLINE, module.WORST
+        columns = getattr(module, "WORST_COLUMNS", None)
     except ValueError:
-        headline, (worst_key, low_is_bad) = tuple(_numeric(metrics)), ("", True)
+        headline, (worst_key, low_is_bad), columns = tuple(_numeric(metrics)), ("", True), None
     numeric = _numeric(metrics)
     names = [h for h in headline if h in numeric]
     lines = [f"# {suite} eval", ""]
@@ -279,7 +280,7 @@ def write_report(run_dir: str | os.PathLike, n_worst: int = 10) -> Path:
         lines += ["## Plots", ""] + [f"![{t}]({f})" for t, f in plots] + [""]
     worst = _worst(rows, worst_key, low_is_bad, n_worst) if worst_key else []
     if worst:
-        cols = [c for c in worst[0] if c not in ("sentences", "logprobs_correct", "logprobs_incorrect")][:8]
+        cols = list(columns) if columns else list(worst[0])[:8]
         lines += [f"## Worst {len(worst)} examples by {worst_key}", ""]
         lines += ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
         lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in worst]

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 HEADLINE = ("citation_rec", "citation_prec")
 WORST = ("recall", True)
+WORST_COLUMNS = ("id", "recall", "precision", "citations", "sentences")
 EXAMPLE = "wandao eval attribution --input answers.jsonl --judge lexical --json"
 
 

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 HEADLINE = ("accuracy",)
 WORST = ("margin", True)
+WORST_COLUMNS = ("id", "correct", "margin", "p_correct")
 EXAMPLE = "wandao eval feedback-mc --model runs/sft/final --dataset constitutional-ai --limit 100 --json"
 
 

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 HEADLINE = ("bits_per_byte",)
 WORST = ("ppl", False)
+WORST_COLUMNS = ("id", "begin", "end", "scored", "ppl")
 EXAMPLE = "wandao eval lm --model runs/pretrain/final --dataset tinyshakespeare --stride 256 --json"
 
 

@@ -15,6 +15,7 @@ logger = logging.getLogger(__name__)
 
 HEADLINE = ("top@1", "top@5", "top@10", "top@20")
 WORST = ("first_hit_rank", False)  # None (no hit) sorts worst
+WORST_COLUMNS = ("id", "question", "answers", "first_hit_rank", "top")
 EXAMPLE = ("wandao index build --corpus my-passages.jsonl --out runs/indexes/xquad --bm25\n"
            "  wandao eval odqa-retrieval --index runs/indexes/xquad --dataset xquad-en --json")
 

@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 HEADLINE = ("exact_match", "f1")
 WORST = ("f1", True)
+WORST_COLUMNS = ("id", "question", "answers", "prediction", "f1")
 EXAMPLE = "wandao eval qa --dataset xquad-en --predictions preds.jsonl --json"
 
 

@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 HEADLINE = ("ndcg@10", "recall@100", "recall@1000", "mrr@10", "map")
 WORST = ("ndcg@10", True)
+WORST_COLUMNS = ("id", "query", "ndcg@10", "first_relevant_rank", "relevant", "top")
 EXAMPLE = ("wandao index build --corpus scifact --out runs/indexes/scifact --bm25\n"
            "  wandao eval retrieval --index runs/indexes/scifact --dataset scifact --run-out runs/scifact.trec --json")
 RETRIEVERS = ("bm25", "dense", "hybrid", "lucene")
