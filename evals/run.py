@@ -129,12 +129,37 @@ def metrics_line(metrics: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------- reports
 
+def _training_series(path: Path) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """``{metric: {kind: [(step, value), ...]}}`` from a training ``metrics.jsonl`` (lines with ``step``;
+    ``kind`` such as train/eval is optional, as pretrain's MetricsLogger writes it)."""
+    from indexer.data import iter_jsonl
+
+    series: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for _, obj in iter_jsonl(path):
+        step = obj.get("step")
+        if not isinstance(step, (int, float)) or isinstance(step, bool):
+            continue
+        kind = str(obj.get("kind", ""))
+        for k, v in obj.items():
+            if k in ("step", "kind") or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                continue
+            series.setdefault(k, {}).setdefault(kind, []).append((step, float(v)))
+    return series
+
+
 def _read_run(run_dir: Path) -> tuple[dict, dict, list[dict]]:
+    """(config, metrics, per-example rows) of an eval run folder, or of a training run folder that only
+    has ``metrics.jsonl`` (its metrics are then the last logged value of each series)."""
     from indexer.data import DataError, iter_jsonl
 
+    if not (run_dir / "metrics.json").exists() and (run_dir / "metrics.jsonl").exists():
+        last = {k: by_kind[kind][-1][1] for k, by_kind in _training_series(run_dir / "metrics.jsonl").items()
+                for kind in by_kind}
+        return {"suite": "training", "source": str(run_dir / "metrics.jsonl")}, last, []
     for name in ("config.json", "metrics.json"):
         if not (run_dir / name).exists():
-            raise DataError(run_dir / name, "not found: is this a run folder written by `wandao eval`?")
+            raise DataError(run_dir / name, "not found: is this a run folder written by `wandao eval` "
+                                            "(or a training run with metrics.jsonl)?")
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     rows = [obj for _, obj in iter_jsonl(run_dir / "per_example.jsonl")] if (
@@ -152,6 +177,11 @@ def _fmt(v: Any) -> str:
 
 def _numeric(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _default_headline(names) -> list[str]:
+    """Headline metrics of a run that is not an eval suite (a training run): losses, perplexities, accuracies."""
+    return [k for k in names if any(w in k for w in ("loss", "ppl", "perplexity", "acc", "bits_per"))]
 
 
 def _plt():
@@ -184,34 +214,35 @@ def plot_bars(path: Path, names: Sequence[str], series: dict[str, dict[str, floa
     plt.close(fig)
 
 
-def plot_curves(run_dir: Path) -> list[Path]:
-    """Line plots from a training ``metrics.jsonl`` (lines with ``step``); one PNG per metric."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    from indexer.data import iter_jsonl
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
-    series: dict[str, list[tuple[float, float]]] = {}
-    for _, obj in iter_jsonl(path):
-        if not isinstance(obj.get("step"), (int, float)):
-            continue
-        for k, v in obj.items():
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                series.setdefault(k, []).append((obj["step"], v))
-    plt = _plt()
+
+def plot_curves(run_dirs: Sequence[Path], out_dir: Path, labels: Sequence[str] | None = None,
+                prefix: str = "curve-") -> list[Path]:
+    """Line plots from training ``metrics.jsonl`` files: one PNG per metric, one line per run (and kind)."""
+    per_run = [(_training_series(d / "metrics.jsonl") if (d / "metrics.jsonl").exists() else {}) for d in run_dirs]
+    labels = list(labels) if labels else [d.name for d in run_dirs]
+    metrics = [k for k in dict.fromkeys(k for series in per_run for k in series)]
+    plt = _plt() if metrics else None
     out = []
-    for k, pts in series.items():
-        if len(pts) < 2:
+    for k in metrics:
+        lines = [(label, kind, pts) for label, series in zip(labels, per_run)
+                 for kind, pts in series.get(k, {}).items() if len(pts) >= 2]
+        if not lines:
             continue
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot([p[0] for p in pts], [p[1] for p in pts])
+        for label, kind, pts in lines:
+            name = " ".join(x for x in ((label if len(run_dirs) > 1 else ""), kind) if x)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name or None)
         ax.set_xlabel("step")
         ax.set_ylabel(k)
         ax.set_title(k)
         ax.grid(alpha=0.3)
+        if len(lines) > 1:
+            ax.legend(fontsize=8)
         fig.tight_layout()
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in k)
-        target = run_dir / f"curve-{safe}.png"
+        target = out_dir / f"{prefix}{_safe(k)}.png"
         fig.savefig(target, dpi=110)
         plt.close(fig)
         out.append(target)
@@ -251,7 +282,7 @@ def write_report(run_dir: str | os.PathLike, n_worst: int = 10) -> Path:
         headline, (worst_key, low_is_bad) = module.HEADLINE, module.WORST
         columns = getattr(module, "WORST_COLUMNS", None)
     except ValueError:
-        headline, (worst_key, low_is_bad), columns = tuple(_numeric(metrics)), ("", True), None
+        headline, (worst_key, low_is_bad), columns = _default_headline(_numeric(metrics)), ("", True), None
     numeric = _numeric(metrics)
     names = [h for h in headline if h in numeric]
     lines = [f"# {suite} eval", ""]
@@ -275,7 +306,7 @@ def write_report(run_dir: str | os.PathLike, n_worst: int = 10) -> Path:
         fig.savefig(run_dir / "distribution.png", dpi=110)
         plt.close(fig)
         plots.append((f"per-example {worst_key}", "distribution.png"))
-    plots += [(p.stem.removeprefix("curve-"), p.name) for p in plot_curves(run_dir)]
+    plots += [(p.stem.removeprefix("curve-"), p.name) for p in plot_curves([run_dir], run_dir)]
     if plots:
         lines += ["## Plots", ""] + [f"![{t}]({f})" for t, f in plots] + [""]
     worst = _worst(rows, worst_key, low_is_bad, n_worst) if worst_key else []
@@ -324,7 +355,7 @@ def compare(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, n_per
 
         headline = [h for h in get_suite(runs[0][1].get("suite", "")).HEADLINE if h in shared]
     except ValueError:
-        headline = shared
+        headline = _default_headline(shared)
     lines = ["# Comparison", "", "| metric | " + " | ".join(labels) + " |", "| --- |" + " --- |" * len(labels)]
     for k in shared:
         lines.append(f"| {k} | " + " | ".join(_fmt(n[k]) for n in numeric) + " |")
@@ -351,6 +382,10 @@ def compare(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, n_per
     if headline:
         plot_bars(out / "compare.png", headline, {l: n for l, n in zip(labels, numeric)}, "comparison")
         lines += ["![comparison](compare.png)", ""]
+    curves = plot_curves([d for d, *_ in runs], out, labels, prefix="compare-curve-")
+    if curves:
+        lines += ["## Training curves", ""] + [f"![{p.stem.removeprefix('compare-curve-')}]({p.name})"
+                                               for p in curves] + [""]
     result = {"runs": [str(d) for d, *_ in runs], "labels": labels,
               "metrics": {l: n for l, n in zip(labels, numeric)}, "significance": significance}
     atomic_write_text(out / "compare.md", "\n".join(lines))

@@ -68,3 +68,25 @@ def test_compare_two_runs(beir_dir, tmp_path, capsys):
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| metric | bm25 | dense |" in md and (tmp_path / "cmp" / "compare.png").read_bytes()[:8] == PNG
     assert write_report(a.out).name == "report.md"
+
+
+def test_training_run_folders_report_and_compare(tmp_path):
+    """Training folders hold only metrics.jsonl (pretrain's MetricsLogger: step, kind, metrics)."""
+    from evals.run import compare
+
+    runs = []
+    for name, scale in (("before", 1.0), ("after", 0.5)):
+        d = tmp_path / name
+        d.mkdir()
+        lines = [{"step": s, "kind": "train", "loss": scale * 4 / (s + 1), "lr": 1e-3} for s in range(0, 40, 10)]
+        lines += [{"step": s, "kind": "eval", "val_loss": scale * 5 / (s + 1)} for s in (0, 30)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+        runs.append(d)
+    report = write_report(runs[0]).read_text()
+    assert "![loss](curve-loss.png)" in report and "![val_loss](curve-val_loss.png)" in report
+    assert "| val_loss | 0.1613 |" in report  # the last eval value, 5 / 31
+    result = compare(runs, tmp_path / "cmp")
+    assert result["metrics"]["after"]["loss"] == pytest.approx(0.5 * 4 / 31)
+    assert (tmp_path / "cmp" / "compare-curve-loss.png").read_bytes()[:8] == PNG
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "## Training curves" in md and "| loss | 0.1290 | 0.0645 |" in md
