@@ -32,12 +32,7 @@ NUM_FREE_VALUES = 24
 
 def _long_to_int4(i: np.ndarray) -> np.ndarray:
     i = np.asarray(i, dtype=np.int64)
-    num_bits = np.zeros_like(i)
-    nz = i > 0
-    num_bits[nz] = np.floor(np.log2(i[nz])).astype(np.int64) + 1  # 64 - numberOfLeadingZeros
-    # guard float rounding of log2 at powers of two
-    num_bits[nz] += (i[nz] >> num_bits[nz]) > 0
-    num_bits[nz] -= (i[nz] >> np.maximum(num_bits[nz] - 1, 0)) == 0
+    num_bits = np.frexp(i.astype(np.float64))[1].astype(np.int64)  # 64 - numberOfLeadingZeros (exact < 2**53)
     shift = num_bits - 4
     normal = (((i >> np.maximum(shift, 0)) & 0x07) | ((shift + 1) << 3))
     return np.where(num_bits < 4, i, normal)
@@ -270,24 +265,30 @@ class BM25:
             out.append(f"{title} {text}")  # Anserini's BEIR flat "contents": title + " " + text
         return {FLAT_FIELD: out}
 
+    def _grow_vocab(self, raw_stream: Iterable[str]) -> None:
+        """Analyze raw tokens not seen before, in first-occurrence order, giving new terms the next ids
+        (deterministic: the same corpus always gets the same vocabulary, batched or not)."""
+        cache, normalize, vocab, terms = self._raw2tid, self.analyzer.normalize, self.vocab, self.terms
+        for raw in dict.fromkeys(raw_stream):
+            if raw in cache:
+                continue
+            term = normalize(raw)
+            if term is None:
+                cache[raw] = -1
+                continue
+            tid = vocab.get(term)
+            if tid is None:
+                tid = vocab[term] = len(terms)
+                terms.append(term)
+            cache[raw] = tid
+
     def _term_ids(self, raw_tokens: list[str]) -> np.ndarray:
-        """Term ids of raw tokens (-1 for dropped ones), growing the vocabulary; C-speed dict lookups."""
-        cache = self._raw2tid
+        """Term ids of raw tokens (-1 for dropped ones); C-speed dict lookups."""
         try:
-            tids = list(map(cache.__getitem__, raw_tokens))
+            tids = list(map(self._raw2tid.__getitem__, raw_tokens))
         except KeyError:
-            normalize, vocab, terms = self.analyzer.normalize, self.vocab, self.terms
-            for raw in set(raw_tokens).difference(cache):
-                term = normalize(raw)
-                if term is None:
-                    cache[raw] = -1
-                    continue
-                tid = vocab.get(term)
-                if tid is None:
-                    tid = vocab[term] = len(terms)
-                    terms.append(term)
-                cache[raw] = tid
-            tids = list(map(cache.__getitem__, raw_tokens))
+            self._grow_vocab(raw_tokens)
+            tids = list(map(self._raw2tid.__getitem__, raw_tokens))
         return np.array(tids, dtype=np.int32)
 
     def _add_batch(self, batch: list[dict]) -> int:
@@ -304,8 +305,10 @@ class BM25:
         texts = self._field_texts(batch)
         base, n = self.n_docs, len(batch)
         tokenize = self.analyzer.tokenize
-        for name, field_texts in texts.items():
-            raw_lists = [tokenize(t) for t in field_texts]
+        raw = {name: [tokenize(t) for t in field_texts] for name, field_texts in texts.items()}
+        if len(raw) > 1:  # new terms get ids in document order, fields interleaved per document
+            self._grow_vocab(chain.from_iterable(chain.from_iterable(per_doc) for per_doc in zip(*raw.values())))
+        for name, raw_lists in raw.items():
             lens = np.fromiter(map(len, raw_lists), dtype=np.int64, count=n)
             tids = self._term_ids(list(chain.from_iterable(raw_lists)))
             doc_of = np.repeat(np.arange(n, dtype=np.int64), lens)
