@@ -351,22 +351,48 @@ class _LMBase(nn.Module):
                         extra_files: dict[str, str | os.PathLike] | None = None, **hf_config: Any) -> Path:
         """Write ``config.json``, ``generation_config.json`` and ``model.safetensors`` for transformers.
 
-        The folder is built beside ``out_dir`` and renamed into place, so it is never half-written.
+        A new folder is built beside ``out_dir`` and renamed into place. Into an existing folder (a
+        checkpoint being assembled, or ``force``) each file is written under a temporary name and
+        renamed, and other files there are kept. Either way nothing is left half-written.
         ``extra_files`` maps names to files copied in too (e.g. the tokenizer); ``hf_config`` adds
         fields to the transformers config (e.g. ``eos_token_id=0``).
         """
         from safetensors.torch import save_file
 
+        out = Path(out_dir)
+        if out.exists() and not force:
+            raise FileExistsError(f"{out} already exists")
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"{out} exists and is not a folder")
         config = hf_config_dict(self.cfg, **hf_config)
-        with _atomic_dir(out_dir, force=force) as tmp:
-            save_file(self.hf_state_dict(), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-            gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
-            if self.cfg.arch == "t5":
-                gen["decoder_start_token_id"] = config["decoder_start_token_id"]
-            (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
+        gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
+        if self.cfg.arch == "t5":
+            gen["decoder_start_token_id"] = config["decoder_start_token_id"]
+
+        def write(folder: Path) -> None:
+            part = f".part-{os.getpid()}"
+            save_file(self.hf_state_dict(), str(folder / f"model.safetensors{part}"), metadata={"format": "pt"})
+            (folder / f"config.json{part}").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            (folder / f"generation_config.json{part}").write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
             for name, src in (extra_files or {}).items():
-                shutil.copyfile(src, tmp / name)
+                shutil.copyfile(src, folder / f"{name}{part}")
+            for stale in ("pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(folder / stale)  # would shadow or confuse the new weights
+            # config.json last: a reader that sees it sees the weights it describes
+            for name in ["model.safetensors", "generation_config.json", *(extra_files or {}), "config.json"]:
+                os.replace(folder / f"{name}{part}", folder / name)
+
+        if out.exists():
+            try:
+                write(out)
+            except BaseException:
+                for leftover in out.glob(f"*.part-{os.getpid()}"):
+                    leftover.unlink(missing_ok=True)
+                raise
+        else:
+            with _atomic_dir(out, force=force) as tmp:
+                write(tmp)
         logger.info("saved %s (%s) to %s", self.cfg.arch, HF_CLASS[self.cfg.arch], out_dir)
         return Path(out_dir)
 

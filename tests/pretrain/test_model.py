@@ -168,3 +168,15 @@ def test_unsupported_hf_family_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral"}))
     with pytest.raises(ValueError, match="model_type='mistral'.*plain transformers"):
         load_pretrained(tmp_path)
+
+
+def test_save_into_existing_folder_keeps_other_files(tmp_path):
+    # a checkpoint folder being assembled: the model files land beside the trainer's files
+    (tmp_path / "optimizer.pt").write_bytes(b"opt")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"stale")  # an older format would shadow the new weights
+    model = build_model(from_preset("tiny"))
+    model.save_pretrained(tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["config.json", "generation_config.json", "model.safetensors", "optimizer.pt"]
+    with pytest.raises(FileExistsError):
+        model.save_pretrained(tmp_path, force=False)
