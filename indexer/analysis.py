@@ -111,6 +111,14 @@ class _Tables:
             return f"(?=[\\U00010000-\\U0010ffff]){charset(astral)}"
         return f"(?:{charset(bmp)}|(?=[\\U00010000-\\U0010ffff]){charset(astral)})"
 
+    def _run(self, *ids: int) -> str:
+        """Zero or more characters of the given classes, possessive: BMP runs scan as one bitmap loop."""
+        one = self._cls(*ids)
+        if not one.startswith("(?:"):
+            return f"{one}*+"
+        bmp, astral = one[3:one.index("]") + 1], one[one.index("|") + 1:-1]
+        return f"(?:{bmp}++|{astral})*+"
+
     def _build_regexes(self) -> None:
         # Each pattern opens with a one-character test of the possible first characters, so the many
         # failing attempts (spaces, punctuation) cost one set lookup.
@@ -122,10 +130,7 @@ class _Tables:
         self.unit_re = re.compile(first + self._token_pattern(ascii_only=False))  # every rule but emoji
         self.fast_re = re.compile(first + self._run_pattern(ascii_only=False))  # no Hebrew, katakana, emoji
         self.ascii_re = re.compile(ascii_first + self._run_pattern(ascii_only=True))  # the same rules, ASCII
-        # Characters that send a document to the exact DFA (emoji) or to the unit grammar.
-        self.emoji_chars = frozenset(chr(c) for s, e, k in self.ranges if k in _EMOJI_CLASSES for c in range(s, e))
-        self.unit_chars = frozenset(chr(c) for s, e, k in self.ranges if k in (_HEBREW, _KATAKANA)
-                                    for c in range(s, e))
+        self.class_cache: dict[str, int] = {}  # non-ASCII character -> class id
 
     def _run_pattern(self, ascii_only: bool) -> str:
         """Tokens as maximal runs: letters, digits and ExtendNumLet join freely (WB5, WB8-10, WB13a/b),
@@ -141,9 +146,10 @@ class _Tables:
         # failed attempt never backtracks exponentially.
         if ascii_only:  # no extenders in ASCII
             lseg, nseg, eseg, e = f"{letter}+", f"{numeric}+", enl, ""
-        else:
-            lseg, nseg = f"{letter}(?:{letter}|{ext})*", f"{numeric}(?:{numeric}|{ext})*"
-            eseg, e = f"{enl}{ext}*", f"{ext}*"
+        else:  # a first letter (digit), then a possessive run of letters (digits) and extenders
+            lseg = f"{letter}{self._run(_ALETTER, _HANGUL, _EXTEND, _SA_EXTEND, _ZWJ, _VS15, _VS16)}"
+            nseg = f"{numeric}{self._run(_DIGIT, _NUMERIC, _EXTEND, _SA_EXTEND, _ZWJ, _VS15, _VS16)}"
+            eseg, e = f"{enl}{self._run(_EXTEND, _SA_EXTEND, _ZWJ, _VS15, _VS16)}", f"{ext}*"
         mid_letter, mid_num = cls(_MIDLETTER, _MIDNUMLET, _SQ), cls(_MIDNUM, _MIDNUMLET, _SQ)
         # At least one letter or digit: a run of ExtendNumLet alone is no token, and jflex then skips
         # one character and retries, so such a run must not be consumed as a match.
@@ -232,12 +238,24 @@ def tokenize_uax29(text: str) -> list[str]:
     t = _tables or _get_tables()
     if text.isascii():
         tokens = t.ascii_re.findall(text)
-    elif not t.emoji_chars.isdisjoint(text):
-        return t.dfa_tokens(text)
-    elif not t.unit_chars.isdisjoint(text):
-        tokens = t.unit_re.findall(text)
     else:
-        tokens = t.fast_re.findall(text)
+        # Route on the classes of the non-ASCII characters present (a handful per document).
+        cache = t.class_cache
+        classes = set()
+        for c in set(text):
+            if c > "\x7f":
+                k = cache.get(c)
+                if k is None:
+                    k = cache[c] = t.char_class(ord(c))
+                classes.add(k)
+        if not classes.isdisjoint(_EMOJI_CLASSES):
+            return t.dfa_tokens(text)
+        if classes == {0}:  # only breakers (dashes, math symbols, ...): the ASCII rules are exact
+            tokens = t.ascii_re.findall(text)
+        elif _HEBREW in classes or _KATAKANA in classes:
+            tokens = t.unit_re.findall(text)
+        else:
+            tokens = t.fast_re.findall(text)
     if tokens and max(map(len, tokens)) > MAX_TOKEN_LENGTH:
         return t.dfa_tokens(text)
     return tokens
@@ -334,6 +352,9 @@ class _PorterStemmer:
                 self.setto("i")
             elif self.b[self.k - 1] != "s":
                 self.k -= 1
+        last = self.b[self.k]
+        if last != "d" and last != "g":  # fast path: no -eed/-ed/-ing
+            return
         if self.ends("eed"):
             if self.m() > 0:
                 self.k -= 1
@@ -354,7 +375,7 @@ class _PorterStemmer:
                 self.setto("e")
 
     def step2(self) -> None:
-        if self.ends("y") and self.vowelinstem():
+        if self.b[self.k] == "y" and self.ends("y") and self.vowelinstem():
             self.b = self.b[:self.k] + "i" + self.b[self.k + 1:]
 
     _STEP3 = {
@@ -526,6 +547,7 @@ class LuceneEnglishAnalyzer(Analyzer):
     def __init__(self, stopwords: bool = True, stem: bool = True) -> None:
         super().__init__()
         self.stopwords, self.stem = bool(stopwords), bool(stem)
+        self._stems: dict[str, str] = {}
 
     @property
     def params(self) -> dict:
@@ -541,7 +563,12 @@ class LuceneEnglishAnalyzer(Analyzer):
         term = java_lower(raw)
         if self.stopwords and term in ENGLISH_STOP_WORDS:
             return None
-        return porter_stem(term) if self.stem else term
+        if not self.stem:
+            return term
+        stemmed = self._stems.get(term)  # "Cell" and "cell" share one stemming
+        if stemmed is None:
+            stemmed = self._stems[term] = porter_stem(term)
+        return stemmed
 
 
 class StandardAnalyzer(Analyzer):
