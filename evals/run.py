@@ -176,7 +176,7 @@ def _fmt(v: Any) -> str:
 
 
 def _numeric(metrics: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _default_headline(names) -> list[str]:
