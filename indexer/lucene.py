@@ -288,7 +288,7 @@ class LuceneBM25:
     Args:
         path: a folder written by :meth:`build` (``lucene.json`` + ``index/``), or any Lucene
             index built by Anserini (e.g. an unpacked pyserini prebuilt index).
-        k1, b: BM25 parameters (Lucene's defaults in Anserini: 0.9, 0.4).
+        k1, b: BM25 parameters; default: those given to :meth:`build`, else Anserini's 0.9 and 0.4.
         anserini_scores: report Anserini's 4-decimal rounded scores instead of Lucene's own.
 
     Example:
@@ -297,10 +297,9 @@ class LuceneBM25:
         >>> results = engine.retrieve(["coffee and cancer"], k=10, exclude=[{"q1"}])  # doctest: +SKIP
     """
 
-    def __init__(self, path: str | os.PathLike, k1: float = 0.9, b: float = 0.4, anserini_scores: bool = False):
+    def __init__(self, path: str | os.PathLike, k1: float | None = None, b: float | None = None,
+                 anserini_scores: bool = False):
         self.path = Path(path)
-        if k1 < 0 or not 0.0 <= b <= 1.0:
-            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
         meta_path = self.path / META_FILE
         if meta_path.exists():
             self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -316,7 +315,10 @@ class LuceneBM25:
         if self.meta.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(f"{meta_path}: format version {self.meta['format_version']} is newer than this wandao "
                              f"reads ({FORMAT_VERSION})")
-        self.k1, self.b = float(k1), float(b)
+        self.k1 = float(k1 if k1 is not None else self.meta.get("k1", 0.9))
+        self.b = float(b if b is not None else self.meta.get("b", 0.4))
+        if self.k1 < 0 or not 0.0 <= self.b <= 1.0:
+            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={self.k1}, b={self.b}")
         self.anserini_scores = anserini_scores
         self.multifield = bool(self.meta.get("multifield", False))
         self.field_weights = tuple(float(w) for w in self.meta.get("field_weights", (1.0, 1.0)))
@@ -335,7 +337,8 @@ class LuceneBM25:
         Args:
             docs: the documents; ids must be unique non-empty strings.
             out_dir: the folder to create (``lucene.json`` + the Lucene index in ``index/``).
-            k1, b: BM25 parameters used when searching (Lucene stores no BM25 weights).
+            k1, b: BM25 parameters used when searching (Lucene stores no BM25 weights; they are
+                kept in ``lucene.json`` and can be overridden at :meth:`load`).
             threads: indexing threads (0 = all cores).
             multifield: index the title and text as separate fields (Anserini's BEIR multifield
                 layout: ``contents`` = text, ``title`` = title) instead of one flat field
@@ -358,9 +361,12 @@ class LuceneBM25:
             if unknown:
                 raise ValueError(f"unknown fields in field_weights: {sorted(unknown)}; use 'title' and 'text'")
             field_weights = (field_weights.get("title", 1.0), field_weights.get("text", 1.0))
+        if k1 < 0 or not 0.0 <= b <= 1.0:
+            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
         start_jvm()
         with atomic_directory(out_dir, force=force) as tmp:
             meta = {"format_version": FORMAT_VERSION, "backend": "lucene", "analyzer": ANALYZER,
+                    "k1": float(k1), "b": float(b),
                     "multifield": bool(multifield), "field_weights": [float(w) for w in field_weights],
                     "store_docs": bool(store_docs), "submitted": 0, "indexed": 0}
             added = _index_docs(tmp / INDEX_SUBDIR, docs, meta, threads, append=False)
@@ -410,7 +416,7 @@ class LuceneBM25:
     # ----------------------------------------------------------------- load / search
 
     @classmethod
-    def load(cls, path: str | os.PathLike, k1: float = 0.9, b: float = 0.4,
+    def load(cls, path: str | os.PathLike, k1: float | None = None, b: float | None = None,
              anserini_scores: bool = False) -> "LuceneBM25":
         """Open a folder written by :meth:`build` (or an Anserini Lucene index). The JVM starts on first search."""
         return cls(path, k1=k1, b=b, anserini_scores=anserini_scores)

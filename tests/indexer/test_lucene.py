@@ -115,6 +115,17 @@ def test_exclude_search_and_anserini_rounding(hand_index, lucene):
         hand_index.retrieve("cat", k=2)
 
 
+def test_bm25_parameters_persist_and_override(hand_index, lucene, tmp_path):
+    assert lucene.LuceneBM25.load(hand_index.path).k1 == 0.9
+    # b=0: no length normalisation, so d1 (cat tf=2) scores idf * 2 / (2 + k1) whatever its length.
+    engine = lucene.LuceneBM25.build(HAND_DOCS, tmp_path / "b0", k1=1.2, b=0.0)
+    again = lucene.LuceneBM25.load(engine.path)
+    assert (again.k1, again.b) == (1.2, 0.0) and again.info()["k1"] == 1.2
+    np.testing.assert_allclose(again.retrieve(["cat"], k=1).scores[0, 0], math.log(1.6) * 2 / 3.2, atol=1e-6)
+    override = lucene.LuceneBM25.load(engine.path, k1=0.9, b=0.4).retrieve(["cat"], k=1)
+    np.testing.assert_allclose(override.scores[0, 0], _bm25(2, 3, 2), atol=1e-6)
+
+
 def test_bad_documents(lucene, tmp_path):
     with pytest.raises(ValueError, match="document 1: duplicate id 'a'"):
         lucene.LuceneBM25.build([{"id": "a", "text": "x"}, {"id": "a", "text": "y"}], tmp_path / "x")
