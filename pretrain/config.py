@@ -126,7 +126,9 @@ def convert(value: Any, tp: Any, key: str, source: str | None = None) -> Any:
         if isinstance(value, tp):
             return value
         if isinstance(value, str):
-            value = _parse_structured(value, key, source)
+            parsed = _parse_structured(value, key, source)
+            # Shorthand: a bare string sets the first field (``--data.sources a.txt b.txt`` -> paths).
+            value = parsed if isinstance(parsed, dict) else {dataclasses.fields(tp)[0].name: value}
         if not isinstance(value, dict):
             raise ConfigError(f"expected a mapping of {tp.__name__} fields, got {value!r}", key, source)
         return from_dict(tp, value, source=source, prefix=key)
@@ -344,6 +346,7 @@ def build_parser(cls: type, prog: str, description: str | None = None,
                  epilog: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with ``--config`` and one dotted flag per leaf field (help from the metadata)."""
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
+                                     usage=f"{prog} [--config FILE.yaml] [--section.key VALUE ...]",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, metavar="FILE.yaml",
                         help="YAML config; its values override the defaults, and flags override it")
@@ -443,14 +446,20 @@ class Config:
 
 
 def config_command(path: str | os.PathLike) -> tuple[str, str]:
-    """Read a config file's first line, ``# wandao <command> --config <path>``; return ``(command, path)``."""
+    """Read a config file's first line, ``# wandao <command> [<sub>] --config <path>``; return ``(command, path)``.
+
+    The command is every word between ``wandao`` and ``--config`` (``"augment sft"``), the key of ``CONFIGS``.
+    """
     path = Path(path)
     first = path.read_text(encoding="utf-8").splitlines()[:1]
     parts = first[0].lstrip("#").split() if first else []
     if len(parts) < 4 or parts[0] != "wandao" or "--config" not in parts:
         raise ConfigError("the first line must be a comment '# wandao <command> --config <path>' showing "
                           f"how to run this file; got {first[0] if first else '(empty file)'!r}", None, str(path))
-    return parts[1], parts[parts.index("--config") + 1]
+    at = parts.index("--config")
+    if at < 2 or at + 1 >= len(parts):
+        raise ConfigError("expected '# wandao <command> [<subcommand>] --config <path>'", None, str(path))
+    return " ".join(parts[1:at]), parts[at + 1]
 
 
 def registered_configs(packages: typing.Iterable[str]) -> dict[str, type]:
@@ -467,3 +476,13 @@ def registered_configs(packages: typing.Iterable[str]) -> dict[str, type]:
             module_name, cls_name = target.split(":")
             found[command] = getattr(importlib.import_module(module_name), cls_name)
     return found
+
+
+def config_class_for(command: str, classes: dict[str, type]) -> type | None:
+    """The class registered for the longest prefix of ``command`` (``"rm train"`` finds ``"rm"``)."""
+    words = command.split()
+    for n in range(len(words), 0, -1):
+        found = classes.get(" ".join(words[:n]))
+        if found is not None:
+            return found
+    return None

@@ -8,7 +8,8 @@ from typing import Literal, Optional
 
 import pytest
 
-from pretrain.config import Config, ConfigError, check_choice, config_command, load_config, parse_args, registered_configs
+from pretrain.config import (Config, ConfigError, check_choice, config_class_for, config_command, load_config, parse_args,
+                             registered_configs)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -110,9 +111,9 @@ def test_every_command_config_loads(path, data_dir):
         pytest.skip(f"{path.name} is a data file, not a command config (its first line has no '--config')")
     command, named_path = config_command(path)
     assert (REPO / named_path).resolve() == path.resolve(), f"{path}: its first line names {named_path}"
-    classes = registered_configs(COMMAND_PACKAGES)
-    assert command in classes, f"{path}: no config class registered for '{command}' (add it to <package>/cli.py CONFIGS)"
-    cfg = load_config(classes[command], path)
+    cls = config_class_for(command, registered_configs(COMMAND_PACKAGES))
+    assert cls is not None, f"{path}: no config class registered for '{command}' (add it to <package>/cli.py CONFIGS)"
+    cfg = load_config(cls, path)
     assert cfg.to_dict()
 
 
@@ -121,3 +122,14 @@ def test_every_model_preset_loads(path):
     from pretrain.model import ModelConfig, from_preset
 
     assert isinstance(from_preset(path.stem), ModelConfig)
+
+
+def test_pretrain_sources_shorthand_and_yaml_list():
+    from pretrain.train import PretrainConfig
+
+    cfg = PretrainConfig.parse(["--data.sources", "a.txt", "b.jsonl"])
+    assert [(s.path, s.weight) for s in cfg.data.sources] == [("a.txt", 1.0), ("b.jsonl", 1.0)]
+    cfg = PretrainConfig.parse(["--data.sources", "[{path: a.txt, weight: 3}, {path: b, weight: 1}]"])
+    assert [(s.path, s.weight) for s in cfg.data.sources] == [("a.txt", 3.0), ("b", 1.0)]
+    with pytest.raises(ConfigError, match=r"--data\.sources\[0\]\.weight: got -1\.0; must be > 0"):
+        PretrainConfig.load(None, {"data.sources": [{"path": "a", "weight": -1}]})
