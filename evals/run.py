@@ -93,10 +93,7 @@ def run(suite: str, out: str | os.PathLike | None = None, force: bool = False, c
     module = get_suite(suite)
     cfg = build_config(module.Config, yaml_path=config, overrides=targets)
     out = Path(out) if out is not None else default_out(suite)
-    if out.exists() and not force:  # fail before the work, not after
-        from indexer.io import OutputExistsError
-
-        raise OutputExistsError(f"{out} already exists; pass --force to replace it")
+    _check_out(out, force)  # fail before the work, not after
     started = time.time()
     metrics, per_example = module.suite(cfg)
     elapsed = time.time() - started
@@ -114,6 +111,23 @@ def run(suite: str, out: str | os.PathLike | None = None, force: bool = False, c
         write_report(tmp)
     logger.info("wrote run folder %s (%.1fs)", out, elapsed)
     return RunResult(out, metrics, per_example)
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse an existing ``out`` without ``force``, and never replace a folder that is not a run folder
+    (an index, a checkpoint...) even with it."""
+    from indexer.io import OutputExistsError
+
+    if not out.exists():
+        return
+    if not force:
+        raise OutputExistsError(f"{out} already exists; pass --force to replace it")
+    if not out.is_dir():
+        raise OutputExistsError(f"{out} exists and is not a folder; choose another --out")
+    is_run = (out / "config.json").exists() and "suite" in json.loads((out / "config.json").read_text(encoding="utf-8"))
+    if not is_run and any(out.iterdir()):
+        raise OutputExistsError(f"{out} exists and is not an eval run folder (no config.json with a suite); "
+                                "--force only replaces run folders: choose another --out")
 
 
 def write_json(path: Path, obj: Any) -> None:

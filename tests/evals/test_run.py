@@ -37,6 +37,11 @@ def test_retrieval_run_folder_and_report(beir_dir, tmp_path):
 
     with pytest.raises(FileExistsError, match="--force"):
         evals.run("retrieval", out=out, dataset=str(beir_dir), run=str(beir_dir / "run-a.trec"))
+    evals.run("retrieval", out=out, dataset=str(beir_dir), run=str(beir_dir / "run-a.trec"), force=True)
+    # --force replaces run folders only, never e.g. an index that --out points at by mistake
+    with pytest.raises(FileExistsError, match="not an eval run folder"):
+        evals.run("retrieval", out=beir_dir, dataset=str(beir_dir), run=str(beir_dir / "run-a.trec"), force=True)
+    assert (beir_dir / "corpus.jsonl").exists()
 
 
 def test_report_rebuild_adds_training_curves(beir_dir, tmp_path):
