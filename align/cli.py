@@ -1,0 +1,14 @@
+"""The align package's commands (``wandao <name>``) and config classes (for the config test).
+
+Each command is ``name: ("module:function", "one-line summary")``; the function takes ``argv`` and
+returns an exit code. Other align commands (sft, iterate, ppo, …) are added to these dicts.
+"""
+
+COMMANDS = {
+    "rm": ("align.reward:main", "reward models: train | eval (accuracy, ties, ECE) | score, K-wise ranking loss"),
+}
+
+# command -> config dataclass, so every YAML under configs/ can be loaded by the command its first line names.
+CONFIGS = {
+    "rm": "align.reward:RMConfig",
+}
