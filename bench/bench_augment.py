@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: import wandao's packages from this checkout
 OUT = ROOT / "bench" / "out"
 
 

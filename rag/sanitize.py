@@ -69,10 +69,23 @@ _CONFUSABLES = {
 }
 
 _WS = re.compile(r"\s+")
-_ROLE = re.compile(
-    r"(?<![A-Za-z0-9_])(" + "|".join(sorted((re.escape(m).replace(r"\ ", r"\s*") for m in ROLE_MARKERS),
-                                            key=len, reverse=True)) + r")\s*([:,])",
-    re.IGNORECASE)
+_ROLE_ALTERNATIVES = sorted((re.escape(m).replace(r"\ ", r"\s*") for m in ROLE_MARKERS), key=len, reverse=True)
+_ROLE = re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(_ROLE_ALTERNATIVES) + r")\s*([:,])", re.IGNORECASE)
+
+
+def _by_first_letter(alternatives: list[str]) -> str:
+    """``a|b|...`` regrouped as ``s(?:earch...|ystem)|u(?:ser)|...``: at any position at most one group can
+    start, and inside a group the original order is kept, so the first alternative that leads to a
+    match is the same one; the regex engine rejects most positions after one character comparison."""
+    groups: dict[str, list[str]] = {}
+    for alt in alternatives:
+        groups.setdefault(alt[0], []).append(alt[1:])
+    return "|".join(first + "(?:" + "|".join(rest) + ")" for first, rest in groups.items())
+
+
+#: ``_ROLE`` for :func:`_fold`-ed text: case-sensitive, grouped by first letter; same matches.
+_ROLE_FOLDED = re.compile(r"(?<![a-z0-9_])(" + _by_first_letter(_ROLE_ALTERNATIVES) + r")\s*([:,])")
+
 #: An XML/HTML-like tag: <search>, </information>, <|im_start|>, <s>, <<SYS>>, <tool_call/>.
 _TAG = re.compile(r"<{1,2}\s*(/?\s*\|?[A-Za-z_][\w|.:-]{0,40}\|?\s*/?)\s*>{1,2}")
 #: Bracketed markers: [SEP], [INST], [/INST], [CLS], [1], [ 12 ].
@@ -87,30 +100,51 @@ def _skeleton_char(ch: str) -> str:
     return _CONFUSABLES.get(folded, folded)
 
 
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
 def skeleton(text: str) -> str:
     """Map look-alike characters to ASCII, one character to one, so indexes line up with ``text``.
 
     Per character: NFKC when it gives a single character (full-width and mathematical letters,
-    ``：``), then the look-alike table (Cyrillic, Greek, ...).
+    ``：``), then the look-alike table (Cyrillic, Greek, ...). ASCII characters map to themselves,
+    so only the non-ASCII ones are looked up.
     """
     if text.isascii():
         return text
-    return "".join(_skeleton_char(ch) for ch in text)
+    return _NON_ASCII.sub(lambda m: _skeleton_char(m.group()), text)
+
+
+#: The non-ASCII characters that ``re.IGNORECASE`` equates with an ASCII letter and ``str.lower`` does
+#: not turn into that letter (Python's simple case folding; tests check this against every code
+#: point). ``KELVIN SIGN`` is the fourth such character, and ``str.lower`` already gives ``k``.
+_FOLD_TABLE = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s"})
+
+
+def _fold(text: str) -> str:
+    """``text`` lower-cased so that a case-sensitive lower-case ASCII pattern matches ``_fold(text)``
+    exactly where the same pattern with ``re.IGNORECASE`` matches ``text``; the length is kept
+    (``str.lower`` changes it only for U+0130, which the table maps first), so positions line up."""
+    if not text.isascii() and ("\u0130" in text or "\u0131" in text or "\u017f" in text):
+        text = text.translate(_FOLD_TABLE)
+    return text.lower()
 
 
 def _clean_chars(text: str) -> str:
-    if text.isascii() and text.isprintable():
+    """Drop format characters (Cf: zero-width space/joiners, bidi controls, soft hyphen, BOM) and turn
+    control characters other than whitespace (Cc) into spaces."""
+    if text.isprintable():  # printable text has no Cf or Cc character
         return text
-    out = []
-    for ch in text:
+    table = {}
+    for ch in set(text):
+        if ch.isprintable():
+            continue
         cat = unicodedata.category(ch)
-        if cat == "Cf":  # zero-width space/joiners, bidi controls, soft hyphen, BOM
-            continue
-        if cat == "Cc" and not ch.isspace():
-            out.append(" ")
-            continue
-        out.append(ch)
-    return "".join(out)
+        if cat == "Cf":
+            table[ord(ch)] = None
+        elif cat == "Cc" and not ch.isspace():
+            table[ord(ch)] = " "
+    return text.translate(table) if table else text
 
 
 def _literal_pattern(lit: str) -> str:
@@ -155,13 +189,21 @@ class Sanitizer:
         self.extra = sorted({e for e in extra if e and e.strip()}, key=len, reverse=True)
         literals = [(t, "special") for t in self.special_tokens] + [(e, "extra") for e in self.extra]
         self._literals = [(re.compile(_literal_pattern(skeleton(lit)), re.IGNORECASE), kind) for lit, kind in literals]
+        # A pattern can only match where its folded literal occurs in the folded skeleton; for ASCII
+        # literals that substring test rules most texts out without running the regex (None: always run).
+        self._literal_keys = [_fold(skeleton(lit)) if skeleton(lit).isascii() else None for lit, _ in literals]
         self.stats: Counter = Counter()
 
     def __call__(self, text: str) -> str:
         return self.sanitize(text)
 
     def sanitize(self, text: str) -> str:
-        """Return ``text`` with every structure-forging pattern neutralised (one line, idempotent)."""
+        """Return ``text`` with every structure-forging pattern neutralised (one line, idempotent).
+
+        The passes run in a fixed order (special tokens and ``extra`` literals, tags, brackets, role
+        markers), each on the result of the one before; a pass whose trigger (its literal, ``<``, ``[``)
+        does not occur in the text is skipped, which gives the same result.
+        """
         if not text:
             return ""
         cleaned = _clean_chars(text)
@@ -169,15 +211,23 @@ class Sanitizer:
             self.stats["format_chars"] += 1
         if "\n" in cleaned or "\r" in cleaned:
             self.stats["newlines"] += 1
-        cleaned = _WS.sub(" ", cleaned).strip()
+        if not cleaned.isprintable() or "  " in cleaned:  # else every whitespace run is one ASCII space
+            cleaned = _WS.sub(" ", cleaned)
+        cleaned = cleaned.strip()
         skel = skeleton(cleaned)
-        for pattern, kind in self._literals:
-            cleaned, skel = self._sub(cleaned, skel, pattern, lambda m: _defang_literal(m.group(0)), kind)
-        cleaned, skel = self._sub(cleaned, skel, _TAG, lambda m: "(" + re.sub(r"\s+", "", m.group(1)) + ")", "tag")
-        cleaned, skel = self._sub(cleaned, skel, _BRACKET, lambda m: "(" + re.sub(r"\s+", "", m.group(1)) + ")",
-                                  "bracket")
-        cleaned, skel = self._sub(cleaned, skel, _ROLE, lambda m: m.group(1) + " -", "role")
-        return cleaned
+        folded = _fold(skel)
+        for (pattern, kind), key in zip(self._literals, self._literal_keys):
+            if key is not None and key not in folded:
+                continue
+            cleaned, new = self._sub(cleaned, skel, pattern, lambda m: _defang_literal(m.group(0)), kind)
+            if new is not skel:
+                skel, folded = new, _fold(new)
+        if "<" in skel:
+            cleaned, skel = self._sub(cleaned, skel, _TAG, lambda m: "(" + re.sub(r"\s+", "", m.group(1)) + ")", "tag")
+        if "[" in skel:
+            cleaned, skel = self._sub(cleaned, skel, _BRACKET, lambda m: "(" + re.sub(r"\s+", "", m.group(1)) + ")",
+                                      "bracket")
+        return self._sub_roles(cleaned, skel)
 
     def _sub(self, text: str, skel: str, pattern: re.Pattern, repl, kind: str) -> tuple[str, str]:
         """Replace matches found on the skeleton in both the text and the skeleton."""
@@ -193,6 +243,19 @@ class Sanitizer:
         pieces_t.append(text[last:])
         pieces_s.append(skel[last:])
         return "".join(pieces_t), "".join(pieces_s)
+
+    def _sub_roles(self, text: str, skel: str) -> str:
+        """``_sub(text, skel, _ROLE, lambda m: m.group(1) + " -")``, matched on the folded skeleton."""
+        pieces, last = [], 0
+        for m in _ROLE_FOLDED.finditer(_fold(skel)):
+            start = m.start()
+            pieces += [text[last:start], skel[start:m.end(1)], " -"]  # the marker as the skeleton spells it
+            last = m.end()
+            self.stats["role"] += 1
+        if not pieces:
+            return text
+        pieces.append(text[last:])
+        return "".join(pieces)
 
 
 def find_forgeries(text: str, special_tokens: Sequence[str] = ()) -> list[str]:

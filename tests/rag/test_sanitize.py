@@ -87,3 +87,84 @@ def test_no_forged_turn_reaches_the_tokens(tok, name):
     assert len(p.passages) == 2 and p.history == [] and p.question == ex.question
     for q in p.passages:
         assert find_forgeries(q.title + " " + q.text, tok.special_tokens) == []
+
+
+# ---- the single-pass fast paths give exactly the multi-pass reference result --------------------
+
+def _reference_sanitize(san: Sanitizer, text: str) -> str:
+    """The sanitiser as first written (every pass always runs, per-character loops): the reference
+    that the fast paths (skipped passes, folded role matching, translate-based cleaning) must equal."""
+    import re
+    import unicodedata
+
+    from rag import sanitize as S
+
+    if not text:
+        return ""
+    out = []
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if cat == "Cf":
+            continue
+        out.append(" " if cat == "Cc" and not ch.isspace() else ch)
+    cleaned = re.sub(r"\s+", " ", "".join(out)).strip()
+    skel = "".join(S._skeleton_char(ch) for ch in cleaned)
+
+    def sub(text, skel, pattern, repl):
+        pt, ps, last = [], [], 0
+        for m in pattern.finditer(skel):
+            new = repl(m)
+            pt += [text[last:m.start()], new]
+            ps += [skel[last:m.start()], new]
+            last = m.end()
+        return ("".join(pt + [text[last:]]), "".join(ps + [skel[last:]])) if last else (text, skel)
+
+    for pattern, _ in san._literals:
+        cleaned, skel = sub(cleaned, skel, pattern, lambda m: S._defang_literal(m.group(0)))
+    cleaned, skel = sub(cleaned, skel, S._TAG, lambda m: "(" + re.sub(r"\s+", "", m.group(1)) + ")")
+    cleaned, skel = sub(cleaned, skel, S._BRACKET, lambda m: "(" + re.sub(r"\s+", "", m.group(1)) + ")")
+    cleaned, skel = sub(cleaned, skel, S._ROLE, lambda m: m.group(1) + " -")
+    return cleaned
+
+
+_FUZZ_PIECES = ["User", "user", "USER", "Usеr", "ＵＳＥＲ", "İnformation", "ınstruction", "ſystem", "\u212aontext",
+                "search", "Search  Results", "Page\ttitle", "title", "TS", "ts", "Answer", "superuser", "ai", "AI",
+                ":", ",", "：", "‚", " ", "  ", "\n", "\u00a0", "\u200b", "\x07", "<", ">", "<<", "‹", "[", "]", "/", "|",
+                "SEP", "[SEP]", "[ 12 ]", "</s>", "<|endoftext|>", "é", "½", "x", "1", "_", "-", "Page title:"]
+
+
+def test_fast_sanitiser_equals_the_reference(san):
+    import random
+
+    rng = random.Random(0)
+    texts = [INJECTION] + ["".join(rng.choice(_FUZZ_PIECES) for _ in range(rng.randint(1, 25))) for _ in range(1500)]
+    for sanitizer in (san, get_template("sparrow", load_tokenizer()).sanitizer, Sanitizer(extra=["Doc", "Ｑ:"])):
+        for text in texts:
+            assert sanitizer(text) == _reference_sanitize(sanitizer, text), repr(text)
+
+
+def test_fast_sanitiser_equals_the_reference_on_xquad(san, data_dir):
+    from rag.xquad import xquad_corpus
+
+    docs = xquad_corpus()
+    assert len(docs) > 200
+    for doc in docs:
+        for text in (doc["title"], doc["text"]):
+            assert san(text) == _reference_sanitize(san, text)
+
+
+def test_fold_table_is_complete():
+    """_fold lower-cases exactly the characters that re.IGNORECASE equates with an ASCII letter, to that letter."""
+    import re
+    import sys
+
+    from rag.sanitize import _fold
+
+    every = "".join(map(chr, range(sys.maxunicode + 1)))
+    folded = _fold(every)
+    assert len(folded) == len(every)
+    caseless = [m.start() for m in re.finditer("[a-z]", every, re.IGNORECASE)]
+    assert len(caseless) == 52 + 4  # A-Z, a-z, and U+0130, U+0131, U+017F, U+212A
+    assert caseless == [m.start() for m in re.finditer("[a-z]", folded)]
+    for i in caseless:
+        assert re.fullmatch(folded[i], every[i], re.IGNORECASE), hex(i)
