@@ -142,3 +142,26 @@ def test_cli_last_line_is_json(tmp_path, cache, data_dir, capsys):
     assert last["steps"] == 3 and last["out_dir"] == str(tmp_path / "cli")
     saved = (tmp_path / "cli" / "config.yaml").read_text()
     assert "max_iters: 3" in saved
+
+
+def test_bpe_mixture_of_two_sources(tmp_path, data_dir, caplog):
+    """Byte-level BPE trained on the training parts of two sources, sampled 3:1, with the epochs report."""
+    import logging
+
+    from transformers import AutoTokenizer
+
+    # The first 100k characters of each keep BPE training to a second or two.
+    wiki, shakespeare = tmp_path / "wiki.txt", tmp_path / "shakespeare.txt"
+    wiki.write_text((data_dir / "wikitext-2" / "raw" / "wiki.valid.raw").read_text(encoding="utf-8")[:100_000])
+    shakespeare.write_text((data_dir / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:100_000])
+    caplog.set_level(logging.INFO, logger="pretrain.train")
+    summary = run(_cfg(tmp_path / "mix", tmp_path / "cache", data_dir, **{
+        "data.sources": [{"path": str(shakespeare), "weight": 3, "name": "shakespeare"},
+                         {"path": str(wiki), "weight": 1, "name": "wikitext"}],
+        "data.tokenizer": "bpe", "data.vocab_size": "512", "model.vocab_size": "512", "train.max_iters": "4"}))
+    assert summary["steps"] == 4 and summary["final_val_loss"] < 6.5  # ln(512) = 6.24 at init
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "mix" / "tokenizer"))
+    assert len(tok) == 512 and tok.eos_token == "<|endoftext|>"
+    report = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data ")]
+    assert [line.split()[1] for line in report] == ["shakespeare", "wikitext"]
+    assert "weight 0.750" in report[0] and "weight 0.250" in report[1]
