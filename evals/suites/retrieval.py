@@ -36,6 +36,8 @@ class Config:
     queries: str | None = field(default=None, metadata={"help": "queries file (default: the dataset's)"})
     remove_query: bool = field(default=True, metadata={"help": "drop the query's own id from its results"})
     metrics: tuple[str, ...] = field(default=DEFAULT_METRICS, metadata={"help": "metrics to compute"})
+    fusion: str = field(default="rrf", metadata={"help": "hybrid fusion: rrf or minmax", "choices": ("rrf", "minmax")})
+    rrf_k: int = field(default=60, metadata={"help": "RRF constant k (hybrid, fusion rrf)"})
     batch_size: int = field(default=256, metadata={"help": "queries per retrieve() call"})
     tag: str = field(default="wandao", metadata={"help": "run tag written in the TREC run file"})
 
@@ -46,6 +48,10 @@ class Config:
             raise ValueError("give either --index or --run, not both")
         if not self.dataset and not self.qrels:
             raise ValueError("retrieval needs --dataset NAME_OR_BEIR_DIR or --qrels FILE")
+        if self.index and not self.dataset and not self.queries:
+            raise ValueError("retrieving with --index needs the queries: --dataset or --queries FILE")
+        if self.fusion not in ("rrf", "minmax"):
+            raise ValueError(f"--fusion must be rrf or minmax, got {self.fusion!r}")
         if self.retriever is not None and self.retriever not in RETRIEVERS:
             raise ValueError(f"--retriever must be one of {', '.join(RETRIEVERS)}; got {self.retriever!r}")
         if self.k < 1:
@@ -75,7 +81,9 @@ def retrieve_run(cfg: Config, qids: list[str], texts: list[str]) -> dict[str, di
     for start in tqdm(range(0, len(qids), cfg.batch_size), desc="retrieve", unit="batch"):
         ids = qids[start:start + cfg.batch_size]
         exclude = [{q} for q in ids] if cfg.remove_query else None
-        res = index.retrieve(texts[start:start + cfg.batch_size], k=cfg.k, retriever=cfg.retriever, exclude=exclude)
+        extra = {"fusion": cfg.fusion, "rrf_k": cfg.rrf_k} if cfg.retriever == "hybrid" else {}
+        res = index.retrieve(texts[start:start + cfg.batch_size], k=cfg.k, retriever=cfg.retriever, exclude=exclude,
+                             **extra)
         run.update(res.to_run(ids))
     return run
 
