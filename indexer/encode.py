@@ -9,9 +9,9 @@ Backends (``Encoder(backend=...)``):
 - ``onnx``: the transformer exported with ``torch.onnx.export``, with BERT attention/GELU/LayerNorm
   fusions from ``onnxruntime.transformers``, run by ONNX Runtime. Same numbers as ``torch``
   (cosine > 0.9999).
-- ``onnx-int8``: ``onnx`` plus int8 dynamic quantization of the weights (per channel) with
-  ``onnxruntime.quantization.quantize_dynamic``, except the layers listed in
-  :data:`INT8_KEEP_FP32` (kept in float32 for accuracy).
+- ``onnx-int8``: ``onnx`` plus int8 dynamic quantization (weights per channel, activations per
+  tensor at run time) with ``onnxruntime.quantization.quantize_dynamic``, except the layers matched
+  by :data:`INT8_KEEP_FP32` (kept in float32 for accuracy). Cosine to plain >= 0.99 per document.
 - ``auto``: ``torch`` when CUDA is available, else ``onnx-int8``.
 
 Both ONNX paths batch by a token budget after sorting by length (little padding), pool exactly
@@ -29,6 +29,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -41,8 +42,11 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 #: names that mean "the bundled all-MiniLM-L6-v2".
 DEFAULT_ALIASES = frozenset({"", "default", "minilm", "all-MiniLM-L6-v2", DEFAULT_MODEL})
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
-#: Substrings of ONNX node names left in float32 by ``onnx-int8`` (empty: quantize every MatMul).
-INT8_KEEP_FP32: tuple[str, ...] = ()
+#: Regexes of ONNX node names left in float32 by ``onnx-int8``: the feed-forward output projection
+#: of every layer. Its input (after GELU) has outliers that per-tensor dynamic activation
+#: quantization handles badly; keeping it in float32 lifts the worst per-document cosine to plain
+#: sentence-transformers on SciFact from 0.989 to 0.994 at no measurable speed cost.
+INT8_KEEP_FP32: tuple[str, ...] = (r"layer\.\d+/output/dense/",)
 
 
 class EncoderError(RuntimeError):
@@ -183,7 +187,9 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return int(self.st_model.get_sentence_embedding_dimension())
+        st = self.st_model
+        get = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
+        return int(get())
 
     @property
     def max_seq_length(self) -> int:
@@ -312,7 +318,8 @@ class Encoder:
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
                 graph = onnx.load(str(fused), load_external_data=False).graph
-                keep = [n.name for n in graph.node if any(s in n.name for s in INT8_KEEP_FP32)] if INT8_KEEP_FP32 else []
+                keep = [n.name for n in graph.node if any(re.search(p, n.name) for p in INT8_KEEP_FP32)]
+                logger.info("int8: keeping %d nodes in float32: %s", len(keep), keep)
                 final = Path(tmp) / "int8.onnx"
                 quantize_dynamic(str(fused), str(final), weight_type=QuantType.QInt8, per_channel=True,
                                  nodes_to_exclude=keep, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
