@@ -276,10 +276,12 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     from pretrain.optim import LRSchedule, build_optimizer, clip_grad_norm, set_lr
 
     tc = cfg.train
-    rank, local_rank, world = _dist_info()
-    master = rank == 0
     use_ds = tc.backend == "deepspeed"
     device = tc.device if tc.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if use_ds:
+        _init_distributed(device)
+    rank, local_rank, world = _dist_info()
+    master = rank == 0
     if device == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("got 'cuda' but no CUDA device is visible; use --train.device cpu", "train.device")
@@ -295,7 +297,9 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     if master:
         cfg.save(out_dir)
 
-    # -- tokenizer and data
+    # -- tokenizer and data (rank 0 first: it writes the tokenizer and the token cache the others read)
+    if world > 1 and rank != 0:
+        torch.distributed.barrier()
     tokenizer = build_tokenizer(cfg.data, out_dir)
     torch.manual_seed(tc.seed)
     if resume_from is not None:
@@ -314,6 +318,8 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     T = mcfg.block_size
     sources, sampler, val_files, val_weights = build_data(cfg, tokenizer, out_dir, T, rank,
                                                          device if not use_ds else "cpu")
+    if world > 1 and rank == 0:
+        torch.distributed.barrier()
     B, accum = tc.micro_batch_size, tc.grad_accum_steps
     tokens_per_step = B * T * accum * world
     if master:
@@ -485,8 +491,8 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------- DeepSpeed
 
 
-def _deepspeed_engine(model, optimizer, cfg: PretrainConfig, device: str, dtype: str):
-    """``deepspeed.initialize`` with a config built from ours (client optimizer: our AdamW/LAMB/...)."""
+def _init_distributed(device: str) -> None:
+    """Join the launcher's process group, or make a one-process world when there is no launcher."""
     try:
         import deepspeed
     except ImportError as err:
@@ -504,6 +510,12 @@ def _deepspeed_engine(model, optimizer, cfg: PretrainConfig, device: str, dtype:
     if not dist.is_initialized():
         # CPU: gloo (DeepSpeed's CPU default, oneCCL, is not installed here); GPU: nccl.
         deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
+
+
+def _deepspeed_engine(model, optimizer, cfg: PretrainConfig, device: str, dtype: str):
+    """``deepspeed.initialize`` with a config built from ours (client optimizer: our AdamW/LAMB/...)."""
+    import deepspeed
+
     tc = cfg.train
     zero: dict[str, Any] = {"stage": cfg.deepspeed.zero_stage}
     if cfg.deepspeed.offload_optimizer:
