@@ -279,12 +279,11 @@ def beir_paths(source: str | os.PathLike, split: str = "test") -> tuple[Path, Pa
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     """Write rows as JSONL atomically (``.gz`` suffix compresses). Returns the row count."""
-    import tempfile
+    from indexer.io import make_temp_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = make_temp_file(path)
     n = 0
     try:
         opener = gzip.open if path.suffix == ".gz" else open
