@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -365,10 +366,16 @@ def prepare_source(path: str | os.PathLike, tokenizer, cache_dir: str | os.PathL
     key = fingerprint(path, val_fraction, text_field, tokenizer_id, len(tokenizer))
     out = Path(cache_dir) / f"{name}-{key}"
     if not (is_token_folder(out / "train")):
-        docs = list(iter_documents(path, text_field))
-        train_docs, val_docs = split_documents(docs, val_fraction)
         eos_id = tokenizer.eos_token_id
         meta = {"source": str(path), "tokenizer": tokenizer_id}
+        if path.name.endswith((".jsonl", ".jsonl.gz")):
+            # Stream twice (count, then write) so a corpus larger than RAM never sits in memory.
+            n_docs = sum(1 for _ in iter_documents(path, text_field))
+            cut = int(n_docs * (1 - val_fraction)) if val_fraction > 0 else n_docs
+            train_docs = itertools.islice(iter_documents(path, text_field), cut)
+            val_docs = itertools.islice(iter_documents(path, text_field), cut, None) if cut < n_docs else None
+        else:
+            train_docs, val_docs = split_documents(list(iter_documents(path, text_field)), val_fraction)
         write_documents(train_docs, tokenizer, out / "train", eos_id, source=str(path), extra_meta=meta)
         if val_docs:
             write_documents(val_docs, tokenizer, out / "val", eos_id, source=str(path), extra_meta=meta)

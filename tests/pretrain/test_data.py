@@ -125,3 +125,14 @@ def test_mixture_report_epochs(tmp_path):
     # a: 0.75 * 4000 = 3000 tokens over 1000 -> 3 epochs; b: 0.25 * 4000 = 1000 over 100 -> 10 epochs
     assert [(r["source"], r["weight"], r["tokens_seen"], r["epochs"]) for r in rows] == [
         ("a", 0.75, 3000, 3.0), ("b", 0.25, 1000, 10.0)]
+
+
+def test_jsonl_documents_split_by_count_and_eos(tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(f'{{"text": "{t}"}}\n' for t in ["ab", "ba", "abc", "c", "cab", "a", "b", "cc", "ac", "bb"]))
+    tok = build_char_tokenizer("abc", special_tokens=(EOS_TOKEN,))  # a=0 b=1 c=2 EOS=3
+    src = prepare_source(docs, tok, tmp_path / "cache", val_fraction=0.2)
+    # 10 documents: the first 8 train, the last 2 ("ac", "bb") validate; EOS closes each document
+    assert src.train.meta["num_documents"] == 8
+    assert src.val.tokens.tolist() == [0, 2, 3, 1, 1, 3]
+    assert src.train.tokens.tolist()[:6] == [0, 1, 3, 1, 0, 3]
