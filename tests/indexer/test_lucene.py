@@ -147,6 +147,8 @@ def test_multifield_weights(lucene, tmp_path):
     one_field = _bm25(1, 1, 1, n=2, avgdl=1.0)  # N=2, df=1, dl=avgdl=1 in both fields
     assert r.ids.tolist() == [["t", "x"]]
     np.testing.assert_allclose(r.scores[0], [2.0 * one_field, 1.0 * one_field], atol=1e-6)
+    one = engine.search("cat", k=2)  # the one-by-one path searches the same fields
+    assert np.array_equal(one.ids, r.ids) and np.array_equal(one.scores, r.scores)
 
 
 @pytest.fixture(scope="session")
