@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 COMMANDS = {
     "augment": ("rag.cli:augment_main",
                 "retrieval-augmented data: sft | pretrain | rl prompts | check (contamination) | corpus"),
+    "serve": ("rag.serve.app:main", "OpenAI-compatible RAG server: streaming, citations, moderation, operator prompt"),
 }
 
 # "augment <sub>" -> config dataclass (configs/rag/*.yaml name the subcommand in their first line).

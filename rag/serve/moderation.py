@@ -315,6 +315,18 @@ class Moderation:
         return None
 
 
+def redact_text(moderation: "Moderation", text: str) -> str:
+    """``text`` with every blocked term replaced by the redaction text (for citations and titles)."""
+    out, rest = [], text
+    while True:
+        matches, _ = moderation.blocklist.scan(rest, final=True)
+        if not matches:
+            return "".join(out) + rest
+        m = matches[0]
+        out.append(rest[:m.start] + moderation.cfg.redaction)
+        rest = rest[m.end:]
+
+
 def _parse_config(data: dict, source: str) -> ModerationConfig:
     if not isinstance(data, dict):
         raise ModerationConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
@@ -418,9 +430,15 @@ class StreamModerator:
             if not matches:
                 break
             m = matches[0]
-            event = self._hit("blocklist", m.entity, m.start, m.term)
             if self.cfg.action == "stop":
-                return Released(out, event, True)
+                # the text before the match is clean: it still goes out (through the classifier, if any)
+                self._to_classifier(self.buf[:m.start], m.start)
+                got = self._classify(force=True)
+                out += got.text
+                if got.stopped:
+                    return Released(out, got.event, True)
+                return Released(out, self._hit("blocklist", m.entity, m.start, m.term), True)
+            event = self._hit("blocklist", m.entity, m.start, m.term)
             # redact: the text before the match moves on with the redaction in place of the match
             self._to_classifier(self.buf[:m.start] + self.cfg.redaction, m.end)
         ready = len(self.buf) if final else hold_from
