@@ -2,7 +2,8 @@
 
 Scores follow Lucene ``BM25Scorer``: per term ``w - w / (1f + tf * normInverse[norm])`` in float32,
 summed in float64 per field and cast to float32; fields are summed in float64 and cast again.
-Top-k keeps the highest score, ties to the lower doc number.
+Top-k keeps the highest score; ties go to the smaller document id string, as Anserini's searcher
+orders them (``rank[d]`` is document ``d``'s position in sorted-id order, ``by_rank`` its inverse).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ def set_threads(n_threads: int) -> int:
 
 
 @nb.njit(cache=True, nogil=True)
-def _worse(s1, d1, s2, d2):
-    return s1 < s2 or (s1 == s2 and d1 > d2)
+def _worse(s1, r1, s2, r2):
+    return s1 < s2 or (s1 == s2 and r1 > r2)
 
 
 @nb.njit(cache=True, nogil=True)
 def _heap_push(hs, hd, size, k, s, d):
-    """Keep the k best (score, doc) in a min-heap whose root is the worst; returns the new size."""
+    """Keep the k best (score, id rank) in a min-heap whose root is the worst; returns the new size."""
     if size < k:
         i = size
         hs[i], hd[i] = s, d
@@ -87,7 +88,7 @@ def _accumulate(indptr, docs, tfs, scores, norms, norm_inv, idf, t, boost, acc, 
 
 
 @nb.njit(cache=True, nogil=True)
-def _select(q, total, seen, touched, nt, ex_indptr, ex_docs, hs, hd, out_d, out_s, k):
+def _select(q, total, seen, touched, nt, ex_indptr, ex_docs, rank, by_rank, hs, hd, out_d, out_s, k):
     """Top-k of the touched docs into row ``q``; resets the buffers."""
     for e in range(ex_indptr[q], ex_indptr[q + 1]):
         d = ex_docs[e]
@@ -96,13 +97,20 @@ def _select(q, total, seen, touched, nt, ex_indptr, ex_docs, hs, hd, out_d, out_
     size = 0
     for i in range(nt):
         d = touched[i]
-        if total[d] != -np.inf:
-            size = _heap_push(hs, hd, size, k, np.float32(total[d]), d)
+        t = total[d]
         total[d] = 0.0
         seen[d] = False
+        if t == -np.inf:
+            continue
+        s = np.float32(t)
+        r = rank[d]
+        # Most touched documents lose to a full heap's root: test that before any heap work.
+        if size == k and (s < hs[0] or (s == hs[0] and r > hd[0])):
+            continue
+        size = _heap_push(hs, hd, size, k, s, r)
     # Pop the worst to the end: the row comes out best first.
     for j in range(size - 1, -1, -1):
-        out_s[q, j], out_d[q, j] = hs[0], hd[0]
+        out_s[q, j], out_d[q, j] = hs[0], by_rank[hd[0]]
         size -= 1
         hs[0], hd[0] = hs[size], hd[size]
         _sift_down(hs, hd, 0, size)
@@ -110,7 +118,7 @@ def _select(q, total, seen, touched, nt, ex_indptr, ex_docs, hs, hd, out_d, out_
 
 @nb.njit(parallel=True, cache=True)
 def search_flat(indptr, docs, tfs, scores, norms, norm_inv, idf, q_indptr, q_term, q_boost,
-                ex_indptr, ex_docs, n_docs, k, n_chunks):
+                ex_indptr, ex_docs, rank, by_rank, n_docs, k, n_chunks):
     nq = len(q_indptr) - 1
     out_d = np.full((nq, k), -1, np.int32)
     out_s = np.full((nq, k), -np.inf, np.float32)
@@ -126,14 +134,14 @@ def search_flat(indptr, docs, tfs, scores, norms, norm_inv, idf, q_indptr, q_ter
             for j in range(q_indptr[q], q_indptr[q + 1]):
                 nt = _accumulate(indptr, docs, tfs, scores, norms, norm_inv, idf, q_term[j], q_boost[j],
                                  acc, seen, touched, nt)
-            _select(q, acc, seen, touched, nt, ex_indptr, ex_docs, hs, hd, out_d, out_s, k)
+            _select(q, acc, seen, touched, nt, ex_indptr, ex_docs, rank, by_rank, hs, hd, out_d, out_s, k)
     return out_d, out_s
 
 
 @nb.njit(parallel=True, cache=True)
 def search_two_fields(indptr0, docs0, tfs0, scores0, norms0, norm_inv0, idf0,
                       indptr1, docs1, tfs1, scores1, norms1, norm_inv1, idf1,
-                      q_indptr, q_field, q_term, q_boost, ex_indptr, ex_docs, n_docs, k, n_chunks):
+                      q_indptr, q_field, q_term, q_boost, ex_indptr, ex_docs, rank, by_rank, n_docs, k, n_chunks):
     nq = len(q_indptr) - 1
     out_d = np.full((nq, k), -1, np.int32)
     out_s = np.full((nq, k), -np.inf, np.float32)
@@ -177,5 +185,5 @@ def search_two_fields(indptr0, docs0, tfs0, scores0, norms0, norm_inv0, idf0,
                     seen[d] = True
                     touched[nt] = d
                     nt += 1
-            _select(q, acc0, seen, touched, nt, ex_indptr, ex_docs, hs, hd, out_d, out_s, k)
+            _select(q, acc0, seen, touched, nt, ex_indptr, ex_docs, rank, by_rank, hs, hd, out_d, out_s, k)
     return out_d, out_s

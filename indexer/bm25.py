@@ -350,7 +350,20 @@ class BM25:
     # --- retrieval ---
 
     def _doc_numbers(self) -> dict[str, int]:
-        return {d: i for i, d in enumerate(self.ids)}
+        self._lookups()
+        return self._numbers
+
+    def _lookups(self) -> None:
+        """Id array, id -> doc number, and the id-order tie-break ranks (rebuilt after ``add``)."""
+        if self._id_array is not None and len(self._id_array) == self.n_docs + 1:
+            return
+        self._id_array = np.array(self.ids + [NO_DOC])  # index -1 -> padding
+        self._numbers = {d: i for i, d in enumerate(self.ids)}
+        # Anserini orders equal scores by document id string; numpy's unicode sort is code-point
+        # order, which equals Java's String.compareTo for ids without supplementary characters.
+        self._by_rank = np.argsort(self._id_array[:-1], kind="stable").astype(np.int32)
+        self._rank = np.empty(self.n_docs, dtype=np.int32)
+        self._rank[self._by_rank] = np.arange(self.n_docs, dtype=np.int32)
 
     def _encode_queries(self, queries: Sequence[str] | Sequence[Sequence[str]]):
         """Flatten queries into (indptr, field index, term id, boost) arrays for the kernel."""
@@ -417,9 +430,8 @@ class BM25:
             rows = [[numbers[d] for d in ex if d in numbers] for ex in exclude]
             ex_indptr[1:] = np.cumsum([len(r) for r in rows])
             ex_docs = np.array(list(chain.from_iterable(rows)), dtype=np.int32)
+        self._lookups()
         doc_idx, scores = self._search(q_indptr, q_field, q_term, q_boost, ex_indptr, ex_docs, k, n_threads)
-        if self._id_array is None or len(self._id_array) != self.n_docs + 1:
-            self._id_array = np.array(self.ids + [NO_DOC])  # index -1 -> padding
         return Results(self._id_array[doc_idx], scores)
 
     def _search(self, q_indptr, q_field, q_term, q_boost, ex_indptr, ex_docs, k, n_threads):
@@ -434,14 +446,16 @@ class BM25:
             f = fields[0]
             return kern.search_flat(np.asarray(f.indptr), np.asarray(f.docs), np.asarray(f.tfs),
                                     np.asarray(f.scores), np.asarray(f.norms), f.norm_inverse, f.idf,
-                                    q_indptr, q_term, q_boost, ex_indptr, ex_docs, self.n_docs, k, n_chunks)
+                                    q_indptr, q_term, q_boost, ex_indptr, ex_docs, self._rank, self._by_rank,
+                                    self.n_docs, k, n_chunks)
         f0, f1 = fields
         return kern.search_two_fields(
             np.asarray(f0.indptr), np.asarray(f0.docs), np.asarray(f0.tfs), np.asarray(f0.scores),
             np.asarray(f0.norms), f0.norm_inverse, f0.idf,
             np.asarray(f1.indptr), np.asarray(f1.docs), np.asarray(f1.tfs), np.asarray(f1.scores),
             np.asarray(f1.norms), f1.norm_inverse, f1.idf,
-            q_indptr, q_field, q_term, q_boost, ex_indptr, ex_docs, self.n_docs, k, n_chunks)
+            q_indptr, q_field, q_term, q_boost, ex_indptr, ex_docs, self._rank, self._by_rank, self.n_docs, k,
+            n_chunks)
 
     # --- persistence ---
 

@@ -254,6 +254,8 @@ class Index:
         backends = self.manifest["backends"]
         if analyzer is not None:
             built = backends.get("bm25", backends.get("lucene", {})).get("analyzer")
+            if isinstance(built, dict):  # the embedded engine records the analyzer with its options
+                built = built.get("name")
             if built is None:
                 raise IndexMismatchError(f"{self.path} has no BM25 backend; it was built with {', '.join(backends)}")
             if built != analyzer:

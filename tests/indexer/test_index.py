@@ -61,6 +61,7 @@ def test_add_equals_full_rebuild(tmp_path):
 
 def test_mismatched_analyzer_or_model_fails_clearly(tmp_path):
     build_index(DOCS, tmp_path / "idx")
+    assert open_index(tmp_path / "idx", analyzer="lucene-english-v1").backends == ["bm25"]
     with pytest.raises(IndexMismatchError, match="built with analyzer"):
         open_index(tmp_path / "idx", analyzer="whitespace-v1")
     with pytest.raises(IndexMismatchError, match="no dense backend"):
