@@ -346,6 +346,7 @@ class Server:
         n_tokens = 0
         reason = "stop"
         timed_out = False
+        completed = False
         try:
             for j, header in enumerate(sections):
                 if j > 0:
@@ -420,7 +421,6 @@ class Server:
                         timed_out, reason = True, "length"
                     else:
                         reason = "cancelled"
-                        self.cancelled += 1
                     break
                 reason = "length" if finish == "length" else "stop"
                 if finish == "length" and n_tokens >= req.max_tokens:
@@ -430,8 +430,11 @@ class Server:
                     yield item
                 if moderator.stopped:
                     reason = "content_filter"
+            completed = reason != "cancelled"
         finally:
-            cancel.set()
+            cancel.set()  # the generation thread stops at its next token
+            if not completed:  # the client went away (or the response was closed under us)
+                self.cancelled += 1
         yield ("finish", reason, {"completion_tokens": n_tokens, "timeout": timed_out,
                                   "held_max": moderator.held_max if moderator else 0})
 
