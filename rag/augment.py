@@ -124,19 +124,13 @@ def _cache_arg(cache: str | None):
     return True if cache == "default" else cache
 
 
-class _PassageCache:
-    """Sanitised passages per document id: each document is cleaned once per run."""
-
-    def __init__(self, template: Template):
-        self.template = template
-        self._cache: dict[str, Passage] = {}
-
-    def __call__(self, doc: dict, score: float) -> Passage:
-        p = self._cache.get(doc["id"])
-        if p is None:
-            p = self.template.clean_passage(Passage(doc["id"], doc.get("title", ""), doc.get("text", "")))
-            self._cache[doc["id"]] = p
-        return Passage(p.doc_id, p.title, p.text, score)
+def _passages(template: Template, pairs: list[tuple[dict, float]]) -> list[Passage]:
+    """Sanitised passages (cleaned once per document by the template's cache), with their scores."""
+    out = []
+    for doc, score in pairs:
+        p = template.clean_passage(Passage(doc["id"], doc.get("title", ""), doc.get("text", ""), score))
+        out.append(p)
+    return out
 
 
 def _batched(items: Iterable[QAItem], n: int, limit: int | None) -> Iterator[list[QAItem]]:
@@ -166,7 +160,6 @@ def sft_records(items: Iterable[QAItem], retriever, template: Template, cfg: SFT
     """
     from tqdm.auto import tqdm
 
-    passages = _PassageCache(template)
     stats = stats if stats is not None else {}
     excluded = frozenset(exclude_ids or ())
     distractor_depth = cfg.k * 4 + 10
@@ -196,7 +189,7 @@ def sft_records(items: Iterable[QAItem], retriever, template: Template, cfg: SFT
         examples, batch_passages = [], []
         for i, item in enumerate(batch):
             mode = modes[i]
-            ps = [passages(d, s) for d, s in hits.get(i, [])] if mode != "none" else []
+            ps = _passages(template, hits.get(i, [])) if mode != "none" else []
             if mode == "distractor" or (mode == "none" and cfg.no_evidence_target == "abstain"):
                 target = cfg.abstain_answer
             else:
@@ -277,7 +270,6 @@ def rl_records(items: Iterable[QAItem], retriever, template: Template, cfg: RLAu
     """Yield PPO prompt records for ``items`` (see the module docstring)."""
     from tqdm.auto import tqdm
 
-    passages = _PassageCache(template)
     excluded = frozenset(exclude_ids or ())
     retrieval = {"index": str(Path(cfg.index).resolve()) if cfg.index else None,
                  "fingerprint": retriever.fingerprint if retriever is not None else None,
@@ -290,7 +282,7 @@ def rl_records(items: Iterable[QAItem], retriever, template: Template, cfg: RLAu
             hits = [[] for _ in batch]
         else:
             res = retriever.retrieve([_query(it) for it in batch], k=cfg.k, exclude_ids=excluded or None)
-            hits = [[passages(h.document, h.score) for h in res.hits(i)] for i in range(len(batch))]
+            hits = [_passages(template, [(h.document, h.score) for h in res.hits(i)]) for i in range(len(batch))]
         rendered = template.render_many([Example(question=item.question, answer="", passages=ps, query=item.query,
                                                  history=item.history) for item, ps in zip(batch, hits)],
                                         passages_are_clean=True)

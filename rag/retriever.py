@@ -31,7 +31,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from indexer.results import Results
+from indexer.results import NO_DOC, Results
 
 logger = logging.getLogger(__name__)
 
@@ -198,12 +198,15 @@ class Retriever:
         got = self.cache.get_many(keys, depth) if self.cache else [None] * len(queries)
         todo = [i for i, g in enumerate(got) if g is None]
         if todo:
+            # no exclusions at all: pass None, so the backend skips its id-to-number mapping
+            exclude = [set(excludes[i] or ()) for i in todo] if any(excludes[i] for i in todo) else None
             res = self.index.retrieve([queries[i] for i in todo], k=depth, retriever=self.retriever,
-                                      exclude=[set(excludes[i] or ()) for i in todo], **self.search_options)
+                                      exclude=exclude, **self.search_options)
             fresh = []
-            for row, i in enumerate(todo):
-                hits = list(res.hits(row))
-                got[i] = ([h.doc_id for h in hits], [h.score for h in hits])
+            for row, (ids, scores) in enumerate(zip(res.ids.tolist(), res.scores.tolist())):
+                n = ids.index(NO_DOC) if NO_DOC in ids else len(ids)  # padding is at the end of a row
+                i = todo[row]
+                got[i] = (ids[:n], scores[:n])
                 if self.cache:
                     fresh.append((keys[i], depth, *got[i]))
             if self.cache:

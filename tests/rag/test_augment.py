@@ -190,3 +190,24 @@ def test_every_rag_config_loads(tmp_path):
         assert first[:2] == ["wandao", "augment"] and first[first.index("--config") + 1] == f"configs/rag/{path.name}"
         module, cls = CONFIGS[f"augment {first[2]}"].split(":")
         load_config(getattr(importlib.import_module(module), cls), path)
+
+
+def test_batched_sft_records_equal_the_one_question_at_a_time_loop(xquad_index, data_dir):
+    """What bench/bench_augment.py times: sft_records (batched retrieval, batched tokenisation) gives the
+    same prompts and evidence as retrieve([q]) + render(example) per question, on cold caches each."""
+    from rag.augment import sft_records
+    from rag.data import iter_items
+    from rag.templates import Example, Passage, get_template
+    from rag.tokenizer import load_tokenizer
+
+    items = list(iter_items("xquad-en:all"))[::20]  # 60 questions
+    cfg = SFTAugmentConfig(index=str(xquad_index), data="-", out="-", k=3, batch_size=32)
+    for name in ("sparrow", "lamda"):
+        batched = list(sft_records(items, Retriever(xquad_index), get_template(name, load_tokenizer()), cfg))
+        retriever, template = Retriever(xquad_index), get_template(name, load_tokenizer())
+        for item, rec in zip(items, batched, strict=True):
+            res = retriever.retrieve([" ".join(item.question.split())], k=3)
+            ps = [Passage(h.doc_id, h.document["title"], h.document["text"], h.score) for h in res.hits(0)]
+            r = template.render(Example(question=item.question, answer=item.answer, passages=ps))
+            assert (rec["prompt"], rec["response"], rec["evidence_ids"]) == (r.prompt, r.response, r.evidence_ids)
+            assert rec["scores"] == [round(p.score, 6) for p in ps][:len(r.evidence_ids)]
