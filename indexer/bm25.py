@@ -10,7 +10,6 @@ import logging
 import os
 import tempfile
 import time
-from collections import Counter
 from itertools import chain
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -367,26 +366,32 @@ class BM25:
 
     def _encode_queries(self, queries: Sequence[str] | Sequence[Sequence[str]]):
         """Flatten queries into (indptr, field index, term id, boost) arrays for the kernel."""
-        field_names = list(self.fields)
+        # Field weights as the float32 values Lucene's BoostQuery holds. A float32 weight times a
+        # small integer count is exact in float64, so rounding the product to float32 once (in
+        # np.array below) equals Lucene's float32 multiplication, without per-term numpy scalars.
+        weights = [float(np.float32(self.field_weights[name])) for name in self.fields]
+        vocab = self.vocab
+        analyze = self.analyzer.analyze
         q_indptr = [0]
         q_field: list[int] = []
         q_term: list[int] = []
         q_boost: list[float] = []
-        f32 = np.float32
         for q in queries:
             if isinstance(q, str):
-                terms = self.analyzer.analyze(q)
+                terms = analyze(q)
             elif isinstance(q, (list, tuple)) and all(isinstance(t, str) for t in q):
-                terms = list(q)
+                terms = q
             else:
                 raise ValueError(f"each query must be a string or a list of term strings, got {type(q).__name__}")
-            counts = Counter(t for t in terms if t in self.vocab)
-            for fi, name in enumerate(field_names):
-                fw = f32(self.field_weights[name])
-                for term, c in counts.items():
-                    q_field.append(fi)
-                    q_term.append(self.vocab[term])
-                    q_boost.append(fw * f32(c))  # BoostQuery(field) x BoostQuery(count), float32
+            counts: dict[int, int] = {}  # term id -> count, in first-occurrence order
+            for term in terms:
+                tid = vocab.get(term)
+                if tid is not None:
+                    counts[tid] = counts.get(tid, 0) + 1
+            for fi, fw in enumerate(weights):
+                q_field.extend([fi] * len(counts))
+                q_term.extend(counts)
+                q_boost.extend([fw * c for c in counts.values()])  # BoostQuery(field) x BoostQuery(count)
             q_indptr.append(len(q_term))
         return (np.array(q_indptr, dtype=np.int64), np.array(q_field, dtype=np.int32),
                 np.array(q_term, dtype=np.int32), np.array(q_boost, dtype=np.float32))
