@@ -10,5 +10,5 @@ COMMANDS = {
 
 # command -> config dataclass, so every YAML under configs/ can be loaded by the command its first line names.
 CONFIGS = {
-    "rm": "align.reward:RMConfig",
+    "rm train": "align.reward:RMConfig",
 }

@@ -100,6 +100,7 @@ class DataSection(Config):
     group_rankings: bool = field(default=True, metadata={
         "help": "merge pairs that share a prompt into K-wise ranked rows when they form a total order"})
     limit: Optional[int] = field(default=None, metadata={"help": "use at most this many rows per training source"})
+    eval_limit: Optional[int] = field(default=None, metadata={"help": "evaluate at most this many rows per eval source"})
 
     def __post_init__(self) -> None:
         check_range("test_fraction", self.test_fraction, 0.0, 1.0, low_inclusive=False)
@@ -616,7 +617,7 @@ def run(cfg: RMConfig) -> dict[str, Any]:
     metrics = MetricsLogger(tmp_metrics)
 
     def evaluate_all(step: int) -> dict[str, dict]:
-        sets = _load_sources(cfg.data.eval, cfg.data.eval_split, cfg.data.test_fraction)
+        sets = _load_sources(cfg.data.eval, cfg.data.eval_split, cfg.data.test_fraction, cfg.data.eval_limit)
         result = {}
         for src, ev_rows in sets.items():
             if not ev_rows:

@@ -1,0 +1,206 @@
+"""Reward models end to end on tiny, locally built backbones: train, save, reload in transformers, eval, score."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from align.losses import pairwise_loss
+from align.preference_data import read_preferences, split_by_prompt
+from align.reward import (RewardModel, RMConfig, build_reward_model, encode, evaluate, load_reward_model,
+                          minilm_path, preference_metrics, render_prompts, row_rewards, run, score, special_wrap)
+from pretrain.config import config_command, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path())
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    """A randomly initialised 2-layer BERT (hidden 32) with MiniLM's WordPiece tokenizer, saved as an HF folder."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
+    out = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(cfg).save_pretrained(str(out))
+    _tokenizer().save_pretrained(str(out))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory) -> str:
+    """A randomly initialised 2-layer GPT-2 (a causal LM: its head reads the last non-pad token)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=30522, n_embd=32, n_layer=2, n_head=2, n_positions=128, resid_pdrop=0.0,
+                     embd_pdrop=0.0, attn_pdrop=0.0)
+    out = tmp_path_factory.mktemp("tiny-gpt2")
+    GPT2LMHeadModel(cfg).save_pretrained(str(out))
+    _tokenizer().save_pretrained(str(out))
+    return str(out)
+
+
+def test_encode_cuts_the_prompt_from_the_left_and_keeps_the_response():
+    tok = _tokenizer()
+    prefix, suffix = special_wrap(tok)
+    assert tok.convert_ids_to_tokens(prefix + suffix) == ["[CLS]", "[SEP]"]
+    prompt = "one two three four five six seven eight"  # 8 word pieces
+    [ids] = encode(tok, [prompt], ["nine ten"], max_length=6, min_prompt_tokens=1)
+    # budget 6 - 2 specials = 4: the response (2) survives, the prompt keeps its last 2 pieces
+    assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "seven", "eight", "nine", "ten", "[SEP]"]
+    # a response longer than the budget is cut from the right, leaving min_prompt_tokens of prompt
+    [ids] = encode(tok, [prompt], ["a b c d e f"], max_length=8, min_prompt_tokens=2)
+    assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "seven", "eight", "a", "b", "c", "d", "[SEP]"]
+    # short inputs are untouched
+    [ids] = encode(tok, ["hi"], ["yo"], max_length=64, min_prompt_tokens=8)
+    assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "hi", "yo", "[SEP]"]
+
+
+def test_rm_input_is_the_sft_template_prompt_plus_response():
+    rows = read_preferences("hh-rlhf:helpful-base", limit=1)
+    prompt = render_prompts(rows, "sparrow")[0]
+    assert prompt.startswith("User: ") and prompt.endswith("\nAssistant: ")
+    assert rows[0].question in prompt
+
+
+def _cfg(backbone: str, out: Path, **train) -> RMConfig:
+    return RMConfig.from_dict({
+        "model": {"backbone": backbone},
+        "data": {"train": ["hh-rlhf:helpful-base"], "eval": ["hh-rlhf:helpful-base"], "train_split": "train",
+                 "eval_split": "train", "limit": 16, "eval_limit": 16, "max_length": 64, "min_prompt_tokens": 16},
+        # the L2 term is what moves the head's bias: the ranking loss is shift-invariant, its bias gradient is 0
+        "loss": {"l2": 0.01},
+        "optim": {"lr": 3e-3, "weight_decay": 0.0},
+        "schedule": {"kind": "constant", "warmup_iters": 0},
+        "train": {"max_steps": 40, "batch_size": 8, "log_interval": 10, "reference_rows": 16, "num_threads": 1,
+                  **train},
+        "out": str(out),
+    })
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_bert, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rm") / "tiny-rm"
+    cfg = _cfg(tiny_bert, out)
+    summary = run(cfg)
+    return cfg, summary, out
+
+
+def test_tiny_rm_run_lowers_the_loss_beats_chance_and_changes_every_head_parameter(trained, tiny_bert):
+    cfg, summary, out = trained
+    rows = split_by_prompt(read_preferences("hh-rlhf:helpful-base"), "train")[:16]
+    fresh = build_reward_model(cfg.model, cfg.train.seed)
+    fresh.meta.update({"max_length": 64, "min_prompt_tokens": 16, "template": "sparrow"})
+    trained_rm = load_reward_model(out)
+
+    def slice_loss(rm):
+        r = row_rewards(rm, rows)
+        return float(pairwise_loss(torch.tensor([x[0] for x in r]), torch.tensor([x[1] for x in r])))
+
+    before, after = slice_loss(fresh), slice_loss(trained_rm)
+    assert after < before - 0.1, (before, after)
+    m = preference_metrics(row_rewards(trained_rm, rows), rows)
+    assert m["accuracy"] >= 0.75, m  # 16 training pairs: chance is 0.5
+    assert summary["eval"]["hh-rlhf:helpful-base"]["pairs"] == 16
+    head = {n: p for n, p in fresh.model.named_parameters() if n.startswith(("classifier", "bert.pooler"))}
+    new = dict(trained_rm.model.named_parameters())
+    assert len(head) == 4
+    for name, p in head.items():
+        assert not torch.equal(p, new[name]), f"{name} did not change"
+
+
+def test_saved_folder_reloads_in_transformers_with_equal_rewards(trained):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _, summary, out = trained
+    files = {p.name for p in Path(out).iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "rm_config.yaml", "metrics.jsonl", "eval.json",
+            "summary.md"} <= files
+    hf = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert type(hf).__name__ == "BertForSequenceClassification" and hf.config.num_labels == 1
+    meta = hf.config.wandao_rm
+    assert meta["reward_offset"] == pytest.approx(summary["reward_offset"]) and meta["template"] == "sparrow@1"
+    items = [("How do I boil an egg?", "Simmer it for nine minutes."), ("Hi", "Go away.")]
+    ours = score(out, items)
+    texts = [f"User: {p}\nAssistant: {r}" for p, r in items]  # the sparrow prompt part plus the response
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        theirs = hf(**enc).logits[:, 0].double().numpy() - meta["reward_offset"]
+    assert ours == pytest.approx(theirs, abs=1e-5)
+    # normalised: mean 0 over the reference rows' responses
+    ref = split_by_prompt(read_preferences("hh-rlhf:helpful-base"), "train")[:16]
+    rew = torch.tensor([x for r in row_rewards(load_reward_model(out), ref) for x in r])
+    assert float(rew.mean()) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_causal_backbone_reads_the_last_non_pad_token(tiny_gpt2, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    rm = build_reward_model(RMConfig.from_dict({"model": {"backbone": tiny_gpt2}}).model)
+    assert rm.meta["pooling"] == "last" and type(rm.model).__name__ == "GPT2ForSequenceClassification"
+    rm.meta.update({"max_length": 64, "min_prompt_tokens": 16, "template": "sparrow"})
+    rm.model.save_pretrained(str(tmp_path))
+    rm.tokenizer.save_pretrained(str(tmp_path))
+    reloaded = RewardModel(AutoModelForSequenceClassification.from_pretrained(str(tmp_path)).eval(), rm.tokenizer,
+                           rm.meta)
+    items = [("short", "yes"), ("a much longer prompt with many more words in it", "and a long answer too")]
+    alone = [float(score(reloaded, [it])[0]) for it in items]
+    batched = score(reloaded, items)  # the short item is right-padded here: its reward must not move
+    assert batched == pytest.approx(alone, abs=1e-5)
+    assert score(rm, items) == pytest.approx(batched, abs=1e-5)
+
+
+def test_eval_cli_accepts_an_hh_rlhf_path_and_ends_with_json(trained, data_dir, tmp_path):
+    _, _, out = trained
+    path = data_dir / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+    # a 10-row copy keeps the subprocess quick; the file is read exactly like the original
+    import gzip
+
+    with gzip.open(path, "rt") as f, gzip.open(tmp_path / "test.jsonl.gz", "wt") as g:
+        for _ in range(10):
+            g.write(f.readline())
+    proc = subprocess.run([sys.executable, "-m", "wandao.cli", "rm", "eval", "--model", str(out), "--data",
+                           str(tmp_path / "test.jsonl.gz"), "--json"], capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"accuracy", "ties", "pairs", "ece"} <= set(last) and last["pairs"] == 10
+    direct = evaluate(out, tmp_path / "test.jsonl.gz")
+    assert last["accuracy"] == pytest.approx(direct["accuracy"]) and last["ece"] == pytest.approx(direct["ece"])
+
+
+def test_score_cli_and_bad_rows(trained, tmp_path):
+    from align.reward import score_main
+
+    _, _, out = trained
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"prompt": "Hi", "response": "Hello"}) + "\n"
+                    + json.dumps({"prompt": "Hi", "chosen": "Hello", "rejected": "Bye"}) + "\n")
+    assert score_main(["--model", str(out), "--data", str(data), "--out", str(tmp_path / "out.jsonl")]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert isinstance(rows[0]["reward"], float) and len(rows[1]["rewards"]) == 2
+    assert rows[0]["reward"] == pytest.approx(rows[1]["rewards"][0], abs=1e-6)  # same prompt and response
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "Hi", "response": "ok"}) + "\n" + json.dumps({"prompt": "Hi"}) + "\n")
+    assert score_main(["--model", str(out), "--data", str(bad), "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_rm_configs_load():
+    for path in sorted((REPO / "configs" / "rm").glob("*.yaml")):
+        command, named = config_command(path)
+        assert command == "rm train" and (REPO / named).resolve() == path.resolve()
+        assert load_config(RMConfig, path).data.template == "sparrow"
