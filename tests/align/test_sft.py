@@ -17,7 +17,7 @@ THINGS = ["sky", "leaf", "rose", "coal", "snow", "ring", "sea", "ash", "milk", "
 ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;?!'\"()[]-_\n#@"
 
 
-def _rows(n: int, seed: int = 0) -> list[dict]:
+def _rows(n: int, seed: int = 0, short: bool = False) -> list[dict]:
     """Rendered SFT rows (the ``wandao augment sft`` shape): the answer is the colour named in the evidence."""
     rng = random.Random(seed)
     rows = []
@@ -25,6 +25,8 @@ def _rows(n: int, seed: int = 0) -> list[dict]:
         thing, color = rng.choice(THINGS), rng.choice(COLORS)
         prompt = (f"User: what colour is the {thing}?\nSearch Results:\n[1] Page title: {thing}\n"
                   f"The {thing} is {color}.\n\nAssistant: ")
+        if short:
+            prompt = f"User: {thing}?\n[1] {thing} is {color}.\nAssistant: "
         rows.append({"id": f"r{i}", "prompt": prompt, "response": color, "evidence_ids": [f"d{i}"]})
     return rows
 
@@ -137,7 +139,7 @@ def test_loss_ignores_prompt_targets(tiny_model, tok):
 
 def _cfg(tiny_model, data, out, **train):
     t = dict(out_dir=str(out), max_iters=40, micro_batch_size=8, eval_interval=20, eval_examples=0, log_interval=10,
-             device="cpu", seed=3, plot=True)
+             device="cpu", seed=3, plot=True, num_threads=1)
     t.update(train)
     return SFTConfig(model=ModelSection(init_from=str(tiny_model)),
                      data=DataSection(train=str(data), val_fraction=0.2, max_length=96),
@@ -185,9 +187,9 @@ def test_resume_is_exact(tmp_path, tiny_model):
 
 
 def test_packed_run_trains(tmp_path, tiny_model):
-    data = _write(tmp_path / "sft.jsonl", _rows(60))
+    data = _write(tmp_path / "sft.jsonl", _rows(60, short=True))  # ~40 tokens each: 3 fit a row of 128
     cfg = _cfg(tiny_model, data, tmp_path / "packed", max_iters=6, eval_interval=6, micro_batch_size=2, plot=False)
-    cfg.data.packing = True
+    cfg.data.packing, cfg.data.max_length = True, 127
     summary = run(cfg)
     assert summary["packing"] and summary["train_rows"] < summary["train_examples"]
     assert summary["final_val_loss"] < summary["initial_val_loss"]
