@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from itertools import accumulate
 from typing import TYPE_CHECKING, ClassVar, Sequence
 
 from rag.sanitize import Sanitizer
@@ -217,6 +218,11 @@ class Template:
         #: text -> (token end offsets, whole text tokenised?); see :meth:`_text_tokens`
         self._token_cache: dict[str, tuple[list[int], bool]] = {}
         self._overhead_cache: dict[tuple[int, str], int] = {}
+        #: word -> its tokens' end offsets: see :meth:`_tokenize_texts`; used when the tokenizer's tokens
+        #: never cross a space (additive, and no added token holds a space)
+        self._word_tokens: dict[str, list[int]] = {}
+        self._words_split = tokenizer is not None and tokenizer.additive and not any(
+            " " in t.content for t in tokenizer.backend.get_added_tokens_decoder().values())
         #: (title, text) -> sanitised (title, text), for the sanitiser in ``_clean_by``
         self._clean_cache: dict[tuple[str, str], tuple[str, str]] = {}
         self._clean_by: Sanitizer | None = None
@@ -337,7 +343,7 @@ class Template:
     def _layout_rendered(self, ex: Example, fitted: list[Passage]) -> Rendered:
         blocks = [self.block(i, p.title, p.text) for i, p in enumerate(fitted, start=1)]
         query = _one_line(ex.query if ex.query is not None else ex.question)
-        prompt, response, starts = self.layout(replace(ex, query=query), blocks)
+        prompt, response, starts = self.layout(Example(ex.question, ex.answer, ex.passages, query, ex.history), blocks)
         spans = [(s, s + len(b)) for s, b in zip(starts, blocks)]
         return Rendered(self.name, self.version, prompt, response, [p.doc_id for p in fitted], spans,
                         [p.truncated for p in fitted], query=query if fitted else None)
@@ -371,41 +377,70 @@ class Template:
     def _tokenize_texts(self, texts: Sequence[str]) -> None:
         """Fill :attr:`_token_cache` for ``texts``, one batched tokenizer call per round.
 
-        The fit needs a passage's tokens only up to :meth:`_tokens_needed` (no block can hold more),
-        so with an additive tokenizer (its tokens never cross whitespace, see
-        :class:`~rag.tokenizer.TextTokenizer`) the text is tokenised in pieces cut at spaces, just
-        long enough: the tokens of ``text[:a]`` and of ``text[a:b]`` (offsets shifted by ``a``) are
-        exactly the tokens of ``text[:b]`` when ``text[a]`` is a space. Other tokenizers get the
-        whole text.
+        With an additive tokenizer (its tokens never cross whitespace, see
+        :class:`~rag.tokenizer.TextTokenizer`) a text's tokens are the tokens of its space-separated
+        words, each tokenised on its own, offsets shifted to where the word starts. So the words
+        are tokenised once each (:attr:`_word_tokens`, in one batched call for all new words of all
+        ``texts``), and only as far into a text as the fit can reach (:meth:`_tokens_needed`). Other
+        tokenizers get each whole text.
         """
-        if not self.tokenizer.additive:
+        if not self._words_split:
             encs = self.tokenizer.backend.encode_batch(list(texts), add_special_tokens=False)
             done = {text: ([e for _, e in enc.offsets], True) for text, enc in zip(texts, encs)}
         else:
             need = self._tokens_needed()
+            words = self._word_tokens
             state = {text: ([], 0) for text in texts}  # text -> (token ends so far, characters consumed)
             todo, per_token = list(state), self._CHARS_PER_TOKEN_FIRST
             while todo:
-                pieces = []
+                plan, new = [], {}
                 for text in todo:
                     ends, pos = state[text]
                     stop = pos + int(per_token * (need - len(ends))) + 1
                     cut = text.find(" ", stop) if stop < len(text) else -1
-                    pieces.append(text[pos:cut] if cut > 0 else text[pos:])
-                encs = self.tokenizer.backend.encode_batch(pieces, add_special_tokens=False)
+                    end = cut if cut > 0 else len(text)
+                    seg = text[pos:end].split(" ")  # text[pos] is a space (or pos is 0)
+                    plan.append((text, end, seg))
+                    new.update(dict.fromkeys(seg))
+                new = [w for w in new if w not in words]
+                if new:
+                    if len(words) + len(new) > 500_000:
+                        words.clear()
+                    self._tokenize_words(new)
                 retry = []
-                for text, piece, enc in zip(todo, pieces, encs):
+                for text, end, seg in plan:
                     ends, pos = state[text]
-                    ends += [pos + e for _, e in enc.offsets]
-                    pos += len(piece)
-                    state[text] = (ends, pos)
-                    if len(ends) < need and pos < len(text):
+                    starts = accumulate([len(w) + 1 for w in seg], initial=pos)  # where each word starts
+                    ends += [start + e for start, w in zip(starts, seg) for e in words[w]]
+                    state[text] = (ends, end)
+                    if len(ends) < need and end < len(text):
                         retry.append(text)
                 todo, per_token = retry, self._CHARS_PER_TOKEN_MORE
             done = {text: (ends, pos == len(text)) for text, (ends, pos) in state.items()}
         if len(self._token_cache) + len(done) > 50_000:
             self._token_cache.clear()
         self._token_cache.update(done)
+
+    def _tokenize_words(self, words: list[str], per_call: int = 1000) -> None:
+        """Tokenise ``words`` (none holding a space) into :attr:`_word_tokens`.
+
+        Words go to the tokenizer joined by spaces, ``per_call`` to a string (one ``Encoding`` per
+        string, not per word, which is where the time of small inputs goes), and each token is given
+        to the word its end offset falls in: tokens never cross a space, so these are the tokens of
+        each word on its own.
+        """
+        texts = [" ".join(words[i:i + per_call]) for i in range(0, len(words), per_call)]
+        encs = self.tokenizer.backend.encode_batch(texts, add_special_tokens=False)
+        for i, enc in zip(range(0, len(words), per_call), encs):
+            group = words[i:i + per_call]
+            rel: list[list[int]] = [[] for _ in group]
+            j, start, end = 0, 0, len(group[0])
+            for _, e in enc.offsets:
+                while e > end:  # past word j: move to the word holding this token's end
+                    j += 1
+                    start, end = end + 1, end + 1 + len(group[j])
+                rel[j].append(e - start)
+            self._word_tokens.update(zip(group, rel))
 
     def _text_tokens(self, text: str) -> list[int]:
         """End offsets of ``text``'s tokens: all of them, or at least the first :meth:`_tokens_needed`."""
@@ -443,7 +478,7 @@ class Template:
                 n_text = bisect.bisect_right(ends, len(text))
                 if not text or n_text < b.min_passage_tokens:
                     break
-                p, n = replace(p, text=text, truncated=True), over + n_text
+                p, n = Passage(p.doc_id, p.title, text, p.score, True), over + n_text
             kept.append(p)
             used += n
             if used >= b.total_tokens:
@@ -550,6 +585,30 @@ class Template:
         return [(parts[j].lower(), parts[j + 1]) for j in range(1, len(parts), 2)]
 
 
+_CLOSERS = "\"')]"
+
+
+def _last_sentence_end(text: str, limit: int, floor: int) -> int:
+    """The end of the last ``_SENTENCE_END`` match of ``text[:limit + 1]`` (followed by whitespace at or
+    before ``limit``), searched from the right; 0 when there is none at or after ``floor``.
+
+    A match is a ``.``/``!``/``?``, closing quotes, then whitespace, so whether one starts at a
+    position depends only on the characters from there on: testing the candidates right to left
+    finds the same last match as scanning the text from the start.
+    """
+    pos = limit
+    while True:
+        p = max(text.rfind(".", 0, pos), text.rfind("!", 0, pos), text.rfind("?", 0, pos))
+        if p < 0:
+            return 0
+        if p + 1 < floor and text[p + 1:floor].strip(_CLOSERS):
+            return 0  # a match from p or before would end before floor (the caller's threshold)
+        m = _SENTENCE_END.match(text, p, limit + 1)
+        if m is not None:
+            return m.end()
+        pos = p
+
+
 def _cut_at_boundary(text: str, limit: int) -> str:
     """The longest prefix of ``text`` up to ``limit`` characters ending at a sentence end when that
     keeps at least half, else at a word boundary (never inside a word)."""
@@ -560,10 +619,7 @@ def _cut_at_boundary(text: str, limit: int) -> str:
     else:
         word_cut = text.rfind(" ", 0, limit + 1)
         word_cut = max(word_cut, 0)
-    sentence_cut = 0
-    for m in _SENTENCE_END.finditer(text, 0, limit + 1):
-        if m.end() <= limit:
-            sentence_cut = m.end()
+    sentence_cut = _last_sentence_end(text, limit, limit // 2)
     cut = sentence_cut if sentence_cut >= limit // 2 else word_cut
     return text[:cut].rstrip()
 

@@ -189,7 +189,9 @@ def test_partial_tokenisation_is_a_prefix_of_the_whole(tok, data_dir):
     from rag.xquad import xquad_corpus
 
     t = get_template("sparrow", tok, Budget(passage_tokens=60))
-    texts = [d["text"] for d in xquad_corpus()[:50]] + ["short text", "", "x " * 500]
+    tricky = ("Naïve café — 東京タワー is tall; e.g., U.S.A. [SEP] [MASK]x a\u0301b " + "y" * 150 + " \u200b "
+              "two  spaces\tand\u00a0odd ones ")
+    texts = [d["text"] for d in xquad_corpus()[:50]] + ["short text", "", "x " * 500, " lead", tricky * 12]
     t._tokenize_texts(texts)
     for text in texts:
         ends, whole = t._token_cache[text]
@@ -199,3 +201,25 @@ def test_partial_tokenisation_is_a_prefix_of_the_whole(tok, data_dir):
             assert len(ends) == len(full)
         else:  # enough to decide the fit: more than any block's text can hold
             assert t._tokens_needed() <= len(ends) < len(text)
+
+
+def test_cut_at_boundary_equals_a_left_to_right_scan():
+    """The right-to-left sentence-end search gives the cut of the plain scan over every match."""
+    import random
+
+    from rag.templates import _SENTENCE_END, _cut_at_boundary
+
+    def reference(text, limit):
+        if limit >= len(text):
+            return text
+        word_cut = limit if text[limit].isspace() else max(text.rfind(" ", 0, limit + 1), 0)
+        sentence_cut = max([m.end() for m in _SENTENCE_END.finditer(text, 0, limit + 1) if m.end() <= limit],
+                           default=0)
+        return text[:sentence_cut if sentence_cut >= limit // 2 else word_cut].rstrip()
+
+    rng = random.Random(1)
+    pieces = ["a", "bc", " ", "  ", ".", "!", "?", '"', "'", ")", "]", "\n", "e.g.", "U.S.", "x"]
+    for _ in range(1000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 30)))
+        for limit in range(len(text) + 1):
+            assert _cut_at_boundary(text, limit) == reference(text, limit), (text, limit)
