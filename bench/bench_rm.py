@@ -1,0 +1,172 @@
+"""Reward-model training throughput: wandao's RM loop against TRL's ``RewardTrainer``, same run.
+
+Same backbone (the shipped all-MiniLM-L6-v2 with a fresh ``num_labels=1`` head), same pairs (hh-rlhf
+helpful-base, train part, token ids from :func:`align.reward.encode` given to both), same batch
+size, same optimizer (AdamW, same lr, weight decay, clipping), fp32 on CPU. Each trainer makes one
+pass over the same ``--batch × --steps`` pairs (so both see exactly the same sequences), timed from
+the first step's start to the last step's end; rounds alternate (ours, TRL, ours, TRL, …) so load
+changes on a shared machine hit both, and the best round of each counts. Target ≥ 1.0×.
+
+wandao variants: ``wandao`` (the default loop: length-grouped batches) and ``wandao-plain``
+(random batches, as TRL makes them), so the ratio shows where a gain comes from.
+
+Run: ``python bench/bench_rm.py`` (``--quick`` for a smoke run); writes ``bench/out/rm.md`` / ``.json``.
+Also merges ``bench/out/rm-quality.json`` (from ``--quality-from RUN_DIR ...``) into the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import OUT_DIR, describe_machine, machine, markdown_table, write_outputs  # noqa: E402
+
+
+def _pairs(n: int, max_length: int):
+    from align.preference_data import read_preferences, split_by_prompt
+    from align.reward import encode, minilm_path, render_prompts
+    from transformers import AutoTokenizer
+
+    rows = split_by_prompt(read_preferences("hh-rlhf:helpful-base"), "train")[:n]
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    prompts = render_prompts(rows, "sparrow")
+    chosen = encode(tok, prompts, [r.responses[0] for r in rows], max_length, 48)
+    rejected = encode(tok, prompts, [r.responses[1] for r in rows], max_length, 48)
+    return rows, chosen, rejected
+
+
+def run_wandao(rows, chosen, rejected, batch: int, lr: float, group: bool) -> dict:
+    import torch
+
+    from align.reward import LossSection, ModelSection, _Batches, batch_loss, build_reward_model
+    from pretrain.optim import OptimConfig, build_optimizer, clip_grad_norm
+
+    rm = build_reward_model(ModelSection(backbone="minilm", pooling="cls"), seed=0)
+    model = rm.model.train()
+    data = _Batches([[c, r] for c, r in zip(chosen, rejected)], [[0, 1]] * len(rows), [{}] * len(rows),
+                    [1] * len(rows))
+    opt = build_optimizer(model, OptimConfig(name="adamw", lr=lr, weight_decay=0.0, beta2=0.999, impl="foreach"))
+    batches = data.epoch(batch, random.Random(0), group)  # one pass over every pair
+    loss_cfg = LossSection()
+    t0 = time.perf_counter()
+    for b in batches:
+        loss, *_ = batch_loss(model, data, b, loss_cfg, rm.tokenizer.pad_token_id, "cpu")
+        loss.backward()
+        clip_grad_norm(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    float(loss.detach())
+    dt = time.perf_counter() - t0
+    return {"seconds": dt, "pairs_per_s": len(rows) / dt, "steps": len(batches)}
+
+
+def run_trl(rows, chosen, rejected, batch: int, lr: float) -> dict:
+    import datasets
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from trl import RewardConfig, RewardTrainer
+
+    from align.reward import minilm_path
+
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=1)
+    model.config.pad_token_id = tok.pad_token_id
+    ds = datasets.Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected})
+    marks: dict[str, float] = {}
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            marks.setdefault("t0", time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            marks["t1"] = time.perf_counter()
+            marks["steps"] = state.global_step
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = RewardConfig(output_dir=tmp, per_device_train_batch_size=batch, num_train_epochs=1,
+                            learning_rate=lr, weight_decay=0.0, adam_beta2=0.999, max_grad_norm=1.0,
+                            lr_scheduler_type="constant", warmup_steps=0, logging_steps=10_000, save_strategy="no",
+                            report_to=[], use_cpu=True, dataloader_num_workers=0, max_length=None,
+                            disable_tqdm=True, seed=0, bf16=False, fp16=False)
+        trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
+        trainer.train()
+    dt = marks["t1"] - marks["t0"]
+    return {"seconds": dt, "pairs_per_s": len(rows) / dt, "steps": marks["steps"]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=8, help="pairs per step (both trainers)")
+    p.add_argument("--steps", type=int, default=4, help="steps per pass (pairs = batch x steps)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each counts")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--quick", action="store_true", help="1 round of 2 steps (smoke)")
+    args = p.parse_args()
+    if args.quick:
+        args.rounds, args.steps = 1, 2
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("WANDAO_NO_TQDM", "1")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = machine()
+    print(describe_machine(info), flush=True)
+    n = args.batch * args.steps
+    rows, chosen, rejected = _pairs(n, args.max_length)
+    lr = 5e-5
+    results: dict[str, list[dict]] = {"wandao": [], "wandao-plain": [], "trl": []}
+    for r in range(args.rounds):
+        for name in ("wandao", "trl", "wandao-plain"):
+            if name == "trl":
+                res = run_trl(rows, chosen, rejected, args.batch, lr)
+            else:
+                res = run_wandao(rows, chosen, rejected, args.batch, lr, name == "wandao")
+            results[name].append(res)
+            print(f"round {r + 1} {name:<13} {res['pairs_per_s']:.2f} pairs/s ({res['seconds']:.1f} s)", flush=True)
+    best = {k: max(v, key=lambda x: x["pairs_per_s"]) for k, v in results.items()}
+    ratio = best["wandao"]["pairs_per_s"] / best["trl"]["pairs_per_s"]
+    ratio_plain = best["wandao-plain"]["pairs_per_s"] / best["trl"]["pairs_per_s"]
+    import trl
+    import transformers
+
+    table = markdown_table([
+        {"trainer": "wandao rm (length-grouped batches)", "pps": best["wandao"]["pairs_per_s"], "ratio": ratio},
+        {"trainer": "wandao rm (random batches)", "pps": best["wandao-plain"]["pairs_per_s"], "ratio": ratio_plain},
+        {"trainer": f"TRL {trl.__version__} RewardTrainer", "pps": best["trl"]["pairs_per_s"], "ratio": 1.0},
+    ], [("trainer", "trainer", 0), ("pps", "pairs/s (best round)", 2), ("ratio", "× TRL", 2)])
+    print(table)
+    print(f"wandao / TRL = {ratio:.2f}x (target >= 1.0x); random batches {ratio_plain:.2f}x", flush=True)
+    payload = {"machine": info, "settings": {k: v for k, v in vars(args).items()},
+               "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+               "rounds": results, "best": best, "ratio": ratio, "ratio_random_batches": ratio_plain}
+    quality_path = OUT_DIR / "rm-quality.json"
+    quality = json.loads(quality_path.read_text()) if quality_path.exists() else None
+    md = [
+        "# Reward models (issue 6)", "",
+        f"Machine: {describe_machine(info)}; torch {torch.__version__}, transformers {transformers.__version__}.", "",
+        "## Training throughput against TRL (same run)", "",
+        f"all-MiniLM-L6-v2 + scalar head, fp32 CPU, {args.batch} pairs per step, hh-rlhf helpful-base (train part) "
+        f"token ids given to both (max {args.max_length} tokens), AdamW lr {lr}, clip 1.0; one pass over the same "
+        f"{n} pairs ({args.steps} steps) per trainer, best of {args.rounds} alternating rounds.", "",
+        table, "",
+        f"**wandao / TRL = {ratio:.2f}×** (target ≥ 1.0×).", "",
+    ]
+    if quality:
+        payload["quality"] = quality
+        md += ["## Quality (held-out 20% parts by prompt hash)", "", quality.get("markdown", ""), ""]
+    write_outputs("rm", "\n".join(md), payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
