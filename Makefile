@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraint
 EXTRAS ?= lucene,es,deepspeed,serve,dev
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench bench-bm25 bench-dense bench-pretrain clean help
+.PHONY: install demo test test-slow bench bench-bm25 bench-dense bench-augment bench-pretrain bench-rm bench-serve clean help
 
 help:
 	@echo "make demo   install what is missing, then run the end-to-end demo on \$$WANDAO_DATA_DIR"
@@ -35,7 +35,8 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
-bench: bench-bm25 bench-dense bench-pretrain
+bench: bench-bm25 bench-dense bench-augment bench-pretrain bench-rm bench-serve
+	$(BIN)/python bench/collect.py
 
 bench-bm25: install
 	$(BIN)/python bench/bench_bm25.py
@@ -45,6 +46,15 @@ bench-dense: install
 
 bench-pretrain: install
 	$(BIN)/python bench/bench_pretrain.py
+
+bench-augment: install
+	$(BIN)/python bench/bench_augment.py
+
+bench-rm: install
+	$(BIN)/python bench/bench_rm.py
+
+bench-serve: install
+	$(BIN)/python bench/bench_serve.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
