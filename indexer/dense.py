@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from indexer.encode import Encoder, cache_dir, doc_text
-from indexer.results import NO_DOC, Results
+from indexer.results import Results
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,6 @@ class DenseIndex:
         self.index = index
         self.encoder = encoder
         self._search_index = None
-        self._id_set: set[str] | None = None
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
@@ -468,4 +467,4 @@ def _versions() -> dict[str, str]:
     return out
 
 
-__all__ = ["DenseIndex", "encode_sharded", "storage_factory", "NO_DOC"]
+__all__ = ["DenseIndex", "encode_sharded", "storage_factory"]
