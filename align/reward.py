@@ -731,7 +731,7 @@ def _meta(cfg: RMConfig, pooling: str, offset: float) -> dict:
 
 EPILOG = """examples:
   wandao rm train --config configs/rm/minilm-hh.yaml --out runs/rm/minilm-hh
-  wandao rm train --config configs/rm/tiny.yaml --out runs/rm/tiny --train.max_steps 20
+  wandao rm train --config configs/rm/minilm-hhh-kwise.yaml --train.max_steps 20
   wandao rm eval --model runs/rm/minilm-hh --data $WANDAO_DATA_DIR/hh-rlhf/helpful-base/test.jsonl.gz --split test --json
   wandao rm score --model runs/rm/minilm-hh --data prompts_responses.jsonl --out scored.jsonl
 """

@@ -102,6 +102,38 @@ def run_trl(rows, chosen, rejected, batch: int, lr: float) -> dict:
     return {"seconds": dt, "pairs_per_s": len(rows) / dt, "steps": marks["steps"]}
 
 
+ANCHORS = "anchors: OpenAssistant pythia-1.4b helpful 0.618; deberta-v3-large-v2 helpful 0.69-0.71, harmless 0.56-0.59"
+TARGETS = {"hh-rlhf:helpful-base": 0.62, "hh-rlhf:harmless-base": 0.62}
+
+
+def collect_quality(dirs: list[str]) -> int:
+    """Held-out metrics of trained RM folders (their eval.json) as a table in bench/out/rm-quality.json."""
+    import yaml
+
+    rows = []
+    for d in dirs:
+        d = Path(d)
+        ev = json.loads((d / "eval.json").read_text())
+        cfg = yaml.safe_load((d / "rm_config.yaml").read_text())
+        meta = json.loads((d / "config.json").read_text()).get("wandao_rm", {})
+        steps = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+        for src, m in ev.items():
+            rows.append({"run": d.name, "loss": cfg["loss"]["kind"], "train": "+".join(s.split(":")[-1] for s in cfg["data"]["train"]),
+                         "steps": steps[-1]["step"] if steps else 0, "max_len": cfg["data"]["max_length"],
+                         "eval": src, "pairs": m["pairs"], "accuracy": m["accuracy"], "ties": m["ties"], "ece": m["ece"],
+                         "target": TARGETS.get(src), "offset": meta.get("reward_offset")})
+    table = markdown_table(rows, [("run", "run", 0), ("loss", "loss", 0), ("train", "trained on (80% parts)", 0),
+                                  ("steps", "steps", 0), ("max_len", "max tokens", 0), ("eval", "held-out 20%", 0),
+                                  ("pairs", "pairs", 0), ("accuracy", "accuracy", 3), ("ties", "ties", 0),
+                                  ("ece", "ECE", 3), ("target", "target", 2)])
+    payload = {"rows": rows, "markdown": table + "\n\n" + ANCHORS + ".", "machine": machine()}
+    from indexer.io import atomic_write_text
+
+    atomic_write_text(OUT_DIR / "rm-quality.json", json.dumps(payload, indent=2) + "\n")
+    print(table)
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=8, help="pairs per step (both trainers)")
@@ -110,7 +142,11 @@ def main() -> int:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--quick", action="store_true", help="1 round of 2 steps (smoke)")
+    p.add_argument("--quality-from", nargs="+", metavar="RM_DIR",
+                   help="only collect the held-out accuracies of these trained RM folders into bench/out/rm-quality.json")
     args = p.parse_args()
+    if args.quality_from:
+        return collect_quality(args.quality_from)
     if args.quick:
         args.rounds, args.steps = 1, 2
     logging.basicConfig(level=logging.WARNING)
