@@ -430,9 +430,13 @@ class StreamModerator:
             if not matches:
                 break
             m = matches[0]
+            if self.cfg.action == "redact" and not final and hold_from < m.start:
+                break  # a longer term that starts earlier is still pending: let it decide what to redact
             if self.cfg.action == "stop":
-                # the text before the match is clean: it still goes out (through the classifier, if any)
-                self._to_classifier(self.buf[:m.start], m.start)
+                # the text before the match (and before any longer pending term) is clean: it still goes
+                # out, through the classifier if any
+                cut = min(m.start, hold_from)
+                self._to_classifier(self.buf[:cut], cut)
                 got = self._classify(force=True)
                 out += got.text
                 if got.stopped:

@@ -178,3 +178,17 @@ def test_shipped_config_loads():
     mod = Moderation.from_yaml(Path(__file__).resolve().parents[3] / "configs" / "serve" / "moderation.yaml")
     assert mod.cfg.hold_tokens <= 32 and len(mod.blocklist) >= 6
     assert mod.check_text("Who sang Clocks? C-o-l-d-p-l-a-y").entity == "band-coldplay"
+
+
+@pytest.mark.parametrize("action", ["stop", "redact"])
+def test_short_term_inside_a_longer_pending_term(action):
+    """'R e m' (the band R.E.M., a whole word) completes inside the spaced-out 'Erich Maria Remarque':
+    nothing of the longer term may be released before the stop/redaction."""
+    mod = Moderation.from_dict({"action": action, "hold_tokens": 64, "entities": [
+        {"id": "rem", "terms": ["R.E.M."]}, {"id": "author", "terms": ["Erich Maria Remarque"]}]})
+    text = "Write a E r i c h   M a r i a   R e m a r q u e manual"
+    s, released = _stream(mod, list(text))
+    if action == "stop":
+        assert released == "Write a "
+    else:
+        assert released == "Write a [redacted] manual" and [e.entity for e in s.events] == ["author"]
