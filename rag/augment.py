@@ -178,8 +178,9 @@ def sft_records(items: Iterable[QAItem], retriever, template: Template, cfg: SFT
             queries = [_query(batch[i]) for i in idx]
             excl = [excluded | set(batch[i].gold_ids) if mode == "distractor" else excluded for i in idx]
             res = retriever.retrieve(queries, k=depth, exclude_ids=excl)
+            scores = res.scores.tolist()
             for row, i in enumerate(idx):
-                pairs = [(h.document, h.score) for h in res.hits(row)]
+                pairs = list(zip(res.documents[row], scores[row]))  # documents: the row's real hits
                 if mode == "distractor":
                     pairs = [(d, s) for d, s in pairs if not _contains_answer(d, batch[i].answers)][:cfg.k]
                     if not pairs:

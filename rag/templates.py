@@ -220,7 +220,8 @@ class Template:
         self._overhead_cache: dict[tuple[int, str], int] = {}
         #: word -> its tokens' end offsets: see :meth:`_tokenize_texts`; used when the tokenizer's tokens
         #: never cross a space (additive, and no added token holds a space)
-        self._word_tokens: dict[str, list[int]] = {}
+        self._word_tokens: dict[str, tuple[int, ...]] = {}
+        self._need: tuple[int, int] | None = None  # (passage_tokens, _tokens_needed())
         self._words_split = tokenizer is not None and tokenizer.additive and not any(
             " " in t.content for t in tokenizer.backend.get_added_tokens_decoder().values())
         #: (title, text) -> sanitised (title, text), for the sanitiser in ``_clean_by``
@@ -309,8 +310,8 @@ class Template:
         return True
 
     def prepare(self, passage_lists: Sequence[Sequence[Passage]]) -> None:
-        """Tokenise, in two batched calls, every passage text and block header of ``passage_lists``
-        that :meth:`fit` has not counted yet (the texts with the tokenizer's parallel batch encoder).
+        """Tokenise, in batched calls, every passage text and block header of ``passage_lists`` that
+        :meth:`fit` has not counted yet (with the tokenizer's parallel batch encoder).
 
         :meth:`render_many` calls it; it only fills caches, so rendering gives the same result
         with or without it.
@@ -324,7 +325,14 @@ class Template:
             self._tokenize_texts(list(texts))
         if heads:
             keys = list(heads)
-            counts = self.tokenizer.count_batch([self.block(i, title, "") for i, title in keys])
+            headers = [self.block(i, title, "") for i, title in keys]
+            if self._words_split:  # a header's count is the sum of its words' counts
+                new = {w: None for h in headers for w in h.split(" ") if w not in self._word_tokens}
+                if new:
+                    self._tokenize_words(list(new))
+                counts = [self._words_count(h) for h in headers]
+            else:
+                counts = self.tokenizer.count_batch(headers)
             self._overhead_cache.update(zip(keys, counts))
 
     def render(self, ex: Example, passages_are_clean: bool = False) -> Rendered:
@@ -371,8 +379,11 @@ class Template:
     def _tokens_needed(self) -> int:
         """How many leading tokens of a passage text decide its fit: one more than any block's text can
         hold (``passage_tokens`` less the smallest block header, marker and title included)."""
-        header = min(self._overhead(1, ""), self._overhead(10, ""))
-        return max(1, self.budget.passage_tokens + 1 - header)
+        key = self.budget.passage_tokens
+        if self._need is None or self._need[0] != key:
+            header = min(self._overhead(1, ""), self._overhead(10, ""))
+            self._need = (key, max(1, key + 1 - header))
+        return self._need[1]
 
     def _tokenize_texts(self, texts: Sequence[str]) -> None:
         """Fill :attr:`_token_cache` for ``texts``, one batched tokenizer call per round.
@@ -433,14 +444,18 @@ class Template:
         encs = self.tokenizer.backend.encode_batch(texts, add_special_tokens=False)
         for i, enc in zip(range(0, len(words), per_call), encs):
             group = words[i:i + per_call]
-            rel: list[list[int]] = [[] for _ in group]
+            rel: list[int] = []  # token ends relative to their word's start, all words in a row
+            first = [0] * (len(group) + 1)  # word j's tokens are rel[first[j]:first[j + 1]]
             j, start, end = 0, 0, len(group[0])
             for _, e in enc.offsets:
                 while e > end:  # past word j: move to the word holding this token's end
                     j += 1
+                    first[j] = len(rel)
                     start, end = end + 1, end + 1 + len(group[j])
-                rel[j].append(e - start)
-            self._word_tokens.update(zip(group, rel))
+                rel.append(e - start)
+            first[j + 1:] = [len(rel)] * (len(group) - j)
+            # tuples of ints: the cyclic garbage collector stops tracking them
+            self._word_tokens.update((w, tuple(rel[first[k]:first[k + 1]])) for k, w in enumerate(group))
 
     def _text_tokens(self, text: str) -> list[int]:
         """End offsets of ``text``'s tokens: all of them, or at least the first :meth:`_tokens_needed`."""
@@ -451,11 +466,21 @@ class Template:
         return got[0]
 
     def _overhead(self, i: int, title: str) -> int:
+        """Tokens of passage ``i``'s block without its text (marker, title, separators)."""
         key = (i, title)
         n = self._overhead_cache.get(key)
         if n is None:
-            n = self._overhead_cache[key] = self._count(self.block(i, title, ""))
+            header = self.block(i, title, "")
+            n = self._overhead_cache[key] = self._words_count(header) if self._words_split else self._count(header)
         return n
+
+    def _words_count(self, text: str) -> int:
+        """Token count of ``text`` from its space-separated words (tokenising the new ones)."""
+        words = text.split(" ")
+        new = [w for w in dict.fromkeys(words) if w not in self._word_tokens]
+        if new:
+            self._tokenize_words(new)
+        return sum(len(self._word_tokens[w]) for w in words)
 
     def _fit_fast(self, passages: list[Passage], verify: bool = True) -> list[Passage] | None:
         import bisect
@@ -596,9 +621,9 @@ def _last_sentence_end(text: str, limit: int, floor: int) -> int:
     position depends only on the characters from there on: testing the candidates right to left
     finds the same last match as scanning the text from the start.
     """
-    pos = limit
+    last = [text.rfind(c, 0, limit) for c in ".!?"]  # the last of each end mark not yet tested
     while True:
-        p = max(text.rfind(".", 0, pos), text.rfind("!", 0, pos), text.rfind("?", 0, pos))
+        p = max(last)
         if p < 0:
             return 0
         if p + 1 < floor and text[p + 1:floor].strip(_CLOSERS):
@@ -606,7 +631,8 @@ def _last_sentence_end(text: str, limit: int, floor: int) -> int:
         m = _SENTENCE_END.match(text, p, limit + 1)
         if m is not None:
             return m.end()
-        pos = p
+        i = last.index(p)
+        last[i] = text.rfind(".!?"[i], 0, p)
 
 
 def _cut_at_boundary(text: str, limit: int) -> str:
