@@ -1,8 +1,6 @@
 """Reward models end to end on tiny, locally built backbones: train, save, reload in transformers, eval, score."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -163,23 +161,25 @@ def test_causal_backbone_reads_the_last_non_pad_token(tiny_gpt2, tmp_path):
     assert score(rm, items) == pytest.approx(batched, abs=1e-5)
 
 
-def test_eval_cli_accepts_an_hh_rlhf_path_and_ends_with_json(trained, data_dir, tmp_path):
+def test_eval_cli_accepts_an_hh_rlhf_path_and_ends_with_json(trained, data_dir, tmp_path, capsys):
+    from wandao.cli import main as wandao_main
+
     _, _, out = trained
     path = data_dir / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
-    # a 10-row copy keeps the subprocess quick; the file is read exactly like the original
+    # a 10-row copy keeps the test quick; the file is read exactly like the original
     import gzip
 
     with gzip.open(path, "rt") as f, gzip.open(tmp_path / "test.jsonl.gz", "wt") as g:
         for _ in range(10):
             g.write(f.readline())
-    proc = subprocess.run([sys.executable, "-m", "wandao.cli", "rm", "eval", "--model", str(out), "--data",
-                           str(tmp_path / "test.jsonl.gz"), "--json"], capture_output=True, text=True, timeout=300,
-                          cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert wandao_main(["rm", "eval", "--model", str(out), "--data", str(tmp_path / "test.jsonl.gz"), "--json"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"accuracy", "ties", "pairs", "ece"} <= set(last) and last["pairs"] == 10
     direct = evaluate(out, tmp_path / "test.jsonl.gz")
     assert last["accuracy"] == pytest.approx(direct["accuracy"]) and last["ece"] == pytest.approx(direct["ece"])
+    # a missing file is a clear error (exit 2)
+    assert wandao_main(["rm", "eval", "--model", str(out), "--data", str(tmp_path / "nope.jsonl.gz"), "--json"]) == 2
+    assert "nope.jsonl.gz" in capsys.readouterr().err
 
 
 def test_score_cli_and_bad_rows(trained, tmp_path):
