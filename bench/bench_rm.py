@@ -106,7 +106,7 @@ ANCHORS = "anchors: OpenAssistant pythia-1.4b helpful 0.618; deberta-v3-large-v2
 TARGETS = {"hh-rlhf:helpful-base": 0.62, "hh-rlhf:harmless-base": 0.62}
 
 
-def collect_quality(dirs: list[str]) -> int:
+def collect_quality(dirs: list[str], note: str = "") -> int:
     """Held-out metrics of trained RM folders (their eval.json) as a table in bench/out/rm-quality.json."""
     import yaml
 
@@ -126,12 +126,29 @@ def collect_quality(dirs: list[str]) -> int:
                                   ("steps", "steps", 0), ("max_len", "max tokens", 0), ("eval", "held-out 20%", 0),
                                   ("pairs", "pairs", 0), ("accuracy", "accuracy", 3), ("ties", "ties", 0),
                                   ("ece", "ECE", 3), ("target", "target", 2)])
-    payload = {"rows": rows, "markdown": table + "\n\n" + ANCHORS + ".", "machine": machine()}
+    text = table + "\n\n" + ANCHORS + "." + (f"\n\n{note}" if note else "")
+    payload = {"rows": rows, "markdown": text, "machine": machine()}
     from indexer.io import atomic_write_text
 
     atomic_write_text(OUT_DIR / "rm-quality.json", json.dumps(payload, indent=2) + "\n")
     print(table)
     return 0
+
+
+def kwise_data_table(payload: dict) -> str:
+    """How many prompts of each source merge into K >= 3 ranked rows (align.preference_data.group_rankings)."""
+    from align.preference_data import group_rankings, read_preferences
+
+    rows = []
+    for src in ("hh-rlhf:helpful-base", "hh-rlhf:harmless-base", "hh-rlhf:helpful-rejection-sampled", "hhh-evals"):
+        _, st = group_rankings(read_preferences(src))
+        rows.append({"source": src, "pairs": st["input_rows"], "prompts": st["prompts"],
+                     "merged": st["groups_merged"], "k": ", ".join(f"K={k}: {n}" for k, n in st["k_histogram"].items())})
+    payload["kwise_data"] = rows
+    return (markdown_table(rows, [("source", "source", 0), ("pairs", "comparisons", 0), ("prompts", "prompts", 0),
+                                  ("merged", "prompts merged to K>=3", 0), ("k", "rows by K", 0)])
+            + "\n\nhh-rlhf's few repeated prompts carry unrelated pairs (A>B, C>D), so no total order exists; "
+              "the K-wise vs pairwise comparison uses the HHH evaluations (configs/rm/minilm-hhh-*.yaml).")
 
 
 def main() -> int:
@@ -142,11 +159,12 @@ def main() -> int:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--quick", action="store_true", help="1 round of 2 steps (smoke)")
+    p.add_argument("--note", default="", help="with --quality-from: what was tried, printed under the table")
     p.add_argument("--quality-from", nargs="+", metavar="RM_DIR",
                    help="only collect the held-out accuracies of these trained RM folders into bench/out/rm-quality.json")
     args = p.parse_args()
     if args.quality_from:
-        return collect_quality(args.quality_from)
+        return collect_quality(args.quality_from, args.note)
     if args.quick:
         args.rounds, args.steps = 1, 2
     logging.basicConfig(level=logging.WARNING)
@@ -197,6 +215,7 @@ def main() -> int:
         table, "",
         f"**wandao / TRL = {ratio:.2f}×** (target ≥ 1.0×).", "",
     ]
+    md += ["## K-wise rows the data allows", "", kwise_data_table(payload), ""]
     if quality:
         payload["quality"] = quality
         md += ["## Quality (held-out 20% parts by prompt hash)", "", quality.get("markdown", ""), ""]
