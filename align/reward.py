@@ -284,8 +284,9 @@ def encode(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], max
     """
     prefix, suffix = special_wrap(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
-    p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    # verbose=False: long prompts are expected here (they are cut below), so no over-length warning
+    p_ids = tokenizer(list(prompts), add_special_tokens=False, verbose=False)["input_ids"]
+    r_ids = tokenizer(list(responses), add_special_tokens=False, verbose=False)["input_ids"]
     out = []
     for p, r in zip(p_ids, r_ids):
         r = r[: max(0, budget - min(len(p), min_prompt_tokens))]
