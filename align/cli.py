@@ -6,6 +6,8 @@ returns an exit code. Other align commands (sft, iterate, ppo, …) are added to
 
 COMMANDS = {
     "rm": ("align.reward:main", "reward models: train | eval (accuracy, ties, ECE) | score, K-wise ranking loss"),
+    "sft": ("align.sft:main", "supervised fine-tuning with evidence; loss on response tokens only, packing, resume"),
+    "iterate": ("align.iterate:main", "feedback-only loop: best-of-n sampling with evidence, select by RM/labels, SFT"),
 }
 
 # command -> config dataclass, so every YAML under configs/ can be loaded by the command its first line names.
