@@ -62,7 +62,9 @@ def serve_files(tmp_path_factory):
     texts = [d["title"] + " " + d["text"] for d in DOCS] + list(QA) + list(QA.values())
     tok = train_bpe_tokenizer(texts * 20 + [OPERATOR] * 5, vocab_size=400, min_frequency=1)
     # the server's own prompt format: operator section + sparrow with the retrieved passages, or without
-    template = get_template("sparrow", tokenizer=load_tokenizer(tok), budget=SERVE_BUDGET)
+    # the same budget as the server's (serve_config: passage_tokens=60, total_tokens=120)
+    template = get_template("sparrow", tokenizer=load_tokenizer(tok),
+                            budget=Budget(passage_tokens=60, total_tokens=120, min_passages=0))
     assembler = PromptAssembler(template, OPERATOR, special_tokens=[tok.eos_token])
     from indexer import open_index
 
@@ -98,15 +100,6 @@ def serve_files(tmp_path_factory):
                           pad_token_id=tok.pad_token_id)
     tok.save_pretrained(root / "model")
     return root
-
-
-SERVE_BUDGET = None
-
-
-def _budget():
-    from rag.templates import Budget
-
-    return Budget(passage_tokens=60, total_tokens=120, min_passages=0)
 
 
 class LiveServer:
@@ -152,7 +145,3 @@ def live(serve_files):
     srv = LiveServer(create_app(serve_config(serve_files)), free_port())
     yield srv
     srv.stop()
-
-
-# the budget the fixture trains with must equal the server's (passage_tokens=60, total_tokens=120)
-SERVE_BUDGET = _budget()
