@@ -13,4 +13,6 @@ COMMANDS = {
 # command -> config dataclass, so every YAML under configs/ can be loaded by the command its first line names.
 CONFIGS = {
     "rm train": "align.reward:RMConfig",
+    "sft": "align.sft:SFTConfig",
+    "iterate": "align.iterate:IterateConfig",
 }
