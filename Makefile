@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraint
 EXTRAS ?= lucene,es,deepspeed,serve,dev
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench bench-bm25 bench-dense bench-augment bench-pretrain bench-rm bench-serve clean help
+.PHONY: install chromium demo test test-slow bench bench-bm25 bench-dense bench-augment bench-pretrain bench-rm bench-serve clean help
 
 help:
 	@echo "make demo   install what is missing, then run the end-to-end demo on \$$WANDAO_DATA_DIR"
@@ -26,10 +26,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) -e ".[$(EXTRAS)]"
 	touch $@
 
+# The chat page's browser test drives Debian's Chromium; without it that one test skips with the reason.
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 || \
+	    echo "note: could not install chromium + chromium-driver (needs root and Debian's packages); the chat-page test will skip"; }
+
 demo: install
 	$(BIN)/wandao demo --quick
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-slow: install
