@@ -33,6 +33,7 @@ points at the filled sheet (``{round}`` in the path is replaced by the round num
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -162,7 +163,7 @@ EPILOG = """examples:
   wandao iterate --config configs/iterate/xquad-bon.yaml
   wandao iterate --config configs/iterate/xquad-bon.yaml --rounds 1 --sample.n 8
   wandao iterate --config configs/iterate/xquad-labels.yaml       # stops with exit code 3 and a sheet to fill
-  wandao iterate --config configs/iterate/xquad-labels.yaml --select.labels runs/iterate-labels/labels-{round}.csv
+  wandao iterate --config configs/iterate/xquad-labels.yaml --select.labels runs/iterate/xquad-labels/labels-{round}.csv
 """
 
 
@@ -331,9 +332,29 @@ def sample_responses(model, tokenizer, prompts: Sequence[str], n: int, sc: Sampl
 
     flat = [p for p in prompts for _ in range(n)]
     gens = []
-    for b, start in enumerate(range(0, len(flat), sc.batch_size)):
-        gens += generate(model, tokenizer, flat[start:start + sc.batch_size], _gen_config(sc, temperature, seed + b))
+    with _quiet_truncation(model, tokenizer, prompts, sc.max_new_tokens):
+        for b, start in enumerate(range(0, len(flat), sc.batch_size)):
+            gens += generate(model, tokenizer, flat[start:start + sc.batch_size], _gen_config(sc, temperature, seed + b))
     return [gens[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+@contextlib.contextmanager
+def _quiet_truncation(model, tokenizer, prompts: Sequence[str], max_new_tokens: int):
+    """One warning for all prompts cut on the left to fit the context, instead of one per generated row."""
+    from pretrain.generate import context_length
+
+    gen_logger = logging.getLogger("pretrain.generate")
+    room = (context_length(model) or 10**9) - max_new_tokens
+    cut = sum(len(ids) > room for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"])
+    if cut:
+        logger.warning("%d of %d prompts are longer than the %d tokens the context leaves: their oldest tokens are "
+                       "cut (the answer turn and the nearest evidence stay)", cut, len(prompts), room)
+    level = gen_logger.level
+    gen_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        gen_logger.setLevel(level)
 
 
 def sequence_logprobs(model, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
@@ -412,7 +433,8 @@ def evaluate_policy(policy_dir: Path, ref, held: Sequence[dict], reward: Callabl
     greedy = [g[0] for g in sample_responses(model, tok, prompts, 1, cfg.sample, 0.0, cfg.seed)]
     texts = [g.text for g in greedy]
     rewards = reward(reward_rows(held, texts)) if reward is not None else None
-    kl = 0.0 if round_ == 0 else kl_estimate(model, ref, tok, prompts, cfg.sample, cfg.seed + 7919 * (round_ + 1))
+    with _quiet_truncation(model, tok, prompts, cfg.sample.max_new_tokens):
+        kl = 0.0 if round_ == 0 else kl_estimate(model, ref, tok, prompts, cfg.sample, cfg.seed + 7919 * (round_ + 1))
     rec = {
         "round": round_,
         "heldout_reward": sum(rewards) / len(rewards) if rewards else None,
@@ -477,6 +499,8 @@ def _select(samples: Sequence[dict], by: str, labels: dict | None, min_reward: f
             continue
         chosen.append({"id": s["prompt_id"], "prompt": s["prompt"], "response": s["responses"][j],
                        "evidence_ids": s["evidence_ids"], "candidate": j,
+                       # a response cut at max_new_tokens did not end: SFT learns no EOS after it
+                       "eos": bool((s.get("finished") or [True] * len(s["responses"]))[j]),
                        "reward": None if rewards is None else rewards[j]})
     return chosen, stats
 
@@ -560,7 +584,8 @@ def run(cfg: IterateConfig) -> dict[str, Any]:
             gens = sample_responses(model, tok, [p["prompt"] for p in train_prompts], cfg.sample.n, cfg.sample,
                                     cfg.sample.temperature, cfg.seed + 1000 * r)
             del model
-            samples = [{**p, "responses": [g.text for g in gs], "lengths": [len(g.token_ids) for g in gs]}
+            samples = [{**p, "responses": [g.text for g in gs], "lengths": [len(g.token_ids) for g in gs],
+                        "finished": [g.finish_reason != "length" for g in gs]}
                        for p, gs in zip(train_prompts, gens)]
             # -- score
             if reward is not None:
@@ -664,7 +689,7 @@ def iterate_demo(workdir: str | os.PathLike, model_dir: str | os.PathLike, sft_f
         data=DataSection(prompts=str(prompt_file), heldout_fraction=0.25, template="sparrow"),
         sample=SampleSection(n=n, temperature=1.0, max_new_tokens=24, batch_size=64, kl_samples=2),
         select=SelectSection(by="rm", reward=str(rm_dir) if rm_dir else "evidence_overlap"),
-        improve=ImproveSection(max_iters=30, micro_batch_size=8, lr=5e-4, warmup_iters=3),
+        improve=ImproveSection(max_iters=20, micro_batch_size=8, lr=3e-4, warmup_iters=3),
     )
     summary = run(cfg)
     first = json.loads((work / "round-00" / "done.json").read_text())

@@ -9,7 +9,8 @@ save the HF folder and report. The last line printed is JSON with ``final_val_lo
 
 Data
     Rows that are already rendered (``wandao augment sft`` output: ``prompt`` with the evidence in
-    it, ``response``, ``evidence_ids``) are used verbatim. Any other row shape that
+    it, ``response``, ``evidence_ids``; optional ``eos: false`` for a response that was cut, not
+    finished, so no EOS is learned after it) are used verbatim. Any other row shape that
     :mod:`rag.data` reads (chat ``messages``, ``prompt``/``response``, ``question``/``answers``,
     hh-rlhf ``chosen``, or a registered split such as ``xquad-en:train``) is rendered on the fly
     with ``data.template``, with evidence retrieved through :class:`rag.Retriever` when
@@ -181,6 +182,7 @@ class SFTExample:
     prompt: str
     response: str
     evidence_ids: list[str] = field(default_factory=list)
+    eos: bool = True  #: end the response with EOS (False for a sampled response cut at its token limit)
 
 
 def _source_rows(source: str) -> tuple[Iterator[tuple[int, dict]], str]:
@@ -234,7 +236,10 @@ def read_examples(source: str, template: str | None = "sparrow", retriever: Any 
             ids = row.get("evidence_ids") or []
             if not isinstance(ids, list):
                 raise DataError(path, "evidence_ids must be a list", line, field="evidence_ids")
-            out.append(SFTExample(str(row.get("id", line)), row["prompt"], row["response"], [str(i) for i in ids]))
+            if not isinstance(row.get("eos", True), bool):
+                raise DataError(path, "eos must be true or false", line, field="eos")
+            out.append(SFTExample(str(row.get("id", line)), row["prompt"], row["response"], [str(i) for i in ids],
+                                  row.get("eos", True)))
             continue
         item = row_to_item(row, path, line)
         if not item.answer:
@@ -345,7 +350,7 @@ def encode_examples(examples: Sequence[SFTExample], encode: Callable[[str], list
         except ValueError as err:
             raise DataError(source, f"row id {ex.id!r}: {err} (set data.unknown_chars drop to remove them)",
                             field="prompt") from None
-        ids, mask = encode_example(p, r, eos_id, max_tokens, min_prompt_tokens)
+        ids, mask = encode_example(p, r, eos_id if ex.eos else None, max_tokens, min_prompt_tokens)
         if sum(mask[1:]) == 0:
             continue  # nothing to learn (an empty response with no EOS)
         out.append((ids, mask))

@@ -92,6 +92,13 @@ def test_rendered_rows_are_verbatim_and_masked_text_is_the_response(tmp_path, to
         assert ids[-1] == tok.eos_token_id and mask[-1] == 1
 
 
+def test_a_cut_response_learns_no_eos(tmp_path, tok):
+    row = {"id": "s1", "prompt": "ab", "response": "cd", "evidence_ids": [], "eos": False}
+    (ex,) = read_examples(str(_write(tmp_path / "cut.jsonl", [row])))
+    ((ids, mask),) = encode_examples([ex], make_encoder(tok), tok.eos_token_id, 64, 4)
+    assert ids == make_encoder(tok)("abcd") and mask == [0, 0, 1, 1]  # no EOS appended, none trained
+
+
 def test_raw_qa_rows_render_with_the_template_and_mask_the_evidence(tmp_path, tok):
     from rag.templates import Example, get_template
 
@@ -168,12 +175,23 @@ def test_tiny_sft_lowers_response_loss_and_saves_a_transformers_folder(tmp_path,
     assert (tmp_path / "run/loss.png").stat().st_size > 0 and (tmp_path / "run/summary.md").exists()
 
 
-def test_resume_is_exact(tmp_path, tiny_model):
+def test_resume_is_exact(tmp_path, tiny_model, capsys):
     from safetensors.torch import load_file
 
     data = _write(tmp_path / "sft.jsonl", _rows(48))
     kw = dict(max_iters=8, eval_interval=4, micro_batch_size=4, plot=False)
-    run(_cfg(tiny_model, data, tmp_path / "straight", **kw))
+    # the uninterrupted run goes through the command line: dotted flags, last stdout line JSON
+    from align.sft import main
+
+    flags = ["--model.init_from", str(tiny_model), "--data.train", str(data), "--data.val_fraction", "0.2",
+             "--data.max_length", "96", "--optim.lr", "3e-3", "--optim.weight_decay", "0",
+             "--schedule.warmup_iters", "5", "--schedule.min_lr", "3e-4", "--train.out_dir", str(tmp_path / "straight"),
+             "--train.max_iters", "8", "--train.eval_interval", "4", "--train.micro_batch_size", "4",
+             "--train.eval_examples", "0", "--train.log_interval", "10", "--train.device", "cpu", "--train.seed", "3",
+             "--train.plot", "false", "--train.num_threads", "1"]
+    assert main(flags) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["steps"] == 8 and last["out_dir"] == str(tmp_path / "straight") and last["final_val_loss"] > 0
     run(_cfg(tiny_model, data, tmp_path / "halves", checkpoint_interval=4, **{**kw, "max_iters": 4}))
     # second half: the schedule must be the 8-step one, so resume with max_iters 8 from step 4
     cfg = _cfg(tiny_model, data, tmp_path / "halves", resume="auto", **kw)
