@@ -264,11 +264,12 @@ class Template:
         return Passage(p.doc_id, got[0], got[1], p.score, p.truncated)
 
     def render_many(self, examples: Sequence[Example], passages_are_clean: bool = False) -> list[Rendered]:
-        """:meth:`render` for a batch: budgets are verified with one batched tokenizer call.
+        """:meth:`render` for a batch, with the same result as rendering one example at a time.
 
-        Each example's evidence is fitted from cached per-text token counts, then all evidence
-        strings are tokenised together and every block is checked against the budgets as it is
-        tokenised in place; an example that fails is re-fitted exactly, one count at a time.
+        :meth:`prepare` first tokenises what the batch's passages need in batched calls; each
+        example's evidence is then fitted from those cached token offsets. With a tokenizer that is
+        not additive, all evidence strings are then tokenised together and every block is checked
+        against the budgets in place; an example that fails is re-fitted exactly, one count at a time.
         """
         cleaned = [ex.passages if passages_are_clean else [self.clean_passage(p) for p in ex.passages]
                    for ex in examples]
@@ -362,9 +363,10 @@ class Template:
     def fit(self, passages: list[Passage]) -> list[Passage]:
         """Cut passages to the per-passage budget and keep as many as fit the total budget.
 
-        A fast path counts each passage text once (cached by text) and adds the block's overhead;
-        one exact count of the result verifies it. When the verification fails (a tokenizer whose
-        counts are not additive across the block's separators), the exact path re-counts every step.
+        A fast path counts each passage text once (cached by text; see :meth:`_tokenize_texts`) and
+        adds the block's overhead. With an additive tokenizer (tokens never cross whitespace, so
+        counts add up across the block's separators) that is exact; otherwise one exact count of the
+        result verifies it, and when that fails the exact path re-counts every step.
         """
         if self.tokenizer is None:
             return list(passages)

@@ -185,6 +185,32 @@ def test_render_many_equals_one_at_a_time_and_respects_budgets(tok, data_dir, bu
             assert tok.count(one.join_blocks(one.parse(r.prompt, r.response).passages)) <= budget.total_tokens, name
 
 
+def test_render_many_equals_one_at_a_time_with_a_byte_level_bpe(data_dir):
+    """A tokenizer that is not additive (byte-level BPE: a leading space joins the next word's token)
+    takes the whole-text path with verification; batched and one-at-a-time renders still agree."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    from rag.tokenizer import load_tokenizer
+    from rag.xquad import xquad_corpus
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([d["text"] for d in xquad_corpus()[:40]], vocab_size=400, min_frequency=2,
+                            special_tokens=["<|endoftext|>"])
+    tok = load_tokenizer(bpe._tokenizer)
+    assert not tok.additive
+    examples = _sample_examples(12)
+    budget = Budget(passage_tokens=80, total_tokens=200, min_passages=0)
+    for name in NAMES:
+        t = get_template(name, tok, budget)
+        assert not t._words_split
+        batched = t.render_many(examples)
+        one = get_template(name, tok, budget)
+        assert batched == [one.render(ex) for ex in examples], name
+        for r in batched:
+            assert all(tok.count(r.prompt[a:b]) <= budget.passage_tokens for a, b in r.evidence_spans), name
+            assert tok.count(t.join_blocks(t.parse(r.prompt, r.response).passages)) <= budget.total_tokens, name
+
+
 def test_partial_tokenisation_is_a_prefix_of_the_whole(tok, data_dir):
     from rag.xquad import xquad_corpus
 
