@@ -129,8 +129,9 @@ def _reference_sanitize(san: Sanitizer, text: str) -> str:
 
 _FUZZ_PIECES = ["User", "user", "USER", "Usеr", "ＵＳＥＲ", "İnformation", "ınstruction", "ſystem", "\u212aontext",
                 "search", "Search  Results", "Page\ttitle", "title", "TS", "ts", "Answer", "superuser", "ai", "AI",
-                ":", ",", "：", "‚", " ", "  ", "\n", "\u00a0", "\u200b", "\x07", "<", ">", "<<", "‹", "[", "]", "/", "|",
-                "SEP", "[SEP]", "[ 12 ]", "</s>", "<|endoftext|>", "é", "½", "x", "1", "_", "-", "Page title:"]
+                ":", ",", "：", "‚", " ", "  ", "\n", "\u00a0", "\u200b", "\x07", "<", ">", "<<", "‹", "[", "]",
+                "/", "|", "SEP", "[SEP]", "[ 12 ]", "</s>", "<|endoftext|>", "é", "½", "x", "1", "_", "-",
+                "Page title:"]
 
 
 def test_fast_sanitiser_equals_the_reference(san):
