@@ -77,7 +77,8 @@ def run(suite: str, out: str | os.PathLike | None = None, force: bool = False, c
     """Run ``suite`` with config fields ``targets`` and write the run folder.
 
     Args:
-        suite: ``retrieval``, ``odqa-retrieval``, ``qa``, ``attribution``, ``feedback-mc``, ``lm``.
+        suite: ``retrieval``, ``odqa-retrieval``, ``qa``, ``attribution``, ``feedback-mc``, ``lm``, ``rm``,
+            ``moderation``.
         out: the run folder (default ``runs/eval/<suite>-<timestamp>``).
         force: replace an existing folder.
         config: a YAML file of config fields (flags/keyword arguments override it).
@@ -91,6 +92,8 @@ def run(suite: str, out: str | os.PathLike | None = None, force: bool = False, c
     from indexer.io import atomic_directory
 
     module = get_suite(suite)
+    if config and hasattr(module, "config_file"):  # a suite may take another kind of file as --config
+        config, targets = module.config_file(config, targets)
     cfg = build_config(module.Config, yaml_path=config, overrides=targets)
     out = Path(out) if out is not None else default_out(suite)
     _check_out(out, force)  # fail before the work, not after

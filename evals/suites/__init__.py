@@ -14,6 +14,8 @@ SUITES: dict[str, str] = {
     "attribution": "evals.suites.attribution",
     "feedback-mc": "evals.suites.feedback_mc",
     "lm": "evals.suites.lm",
+    "rm": "evals.suites.rm",
+    "moderation": "evals.suites.moderation",
 }
 
 
