@@ -272,8 +272,6 @@ def _tokenizer(cfg: Config, benign: list[dict]):
 
 
 def suite(cfg: Config) -> tuple[dict, list[dict]]:
-    from tqdm import tqdm
-
     from rag.serve.moderation import Moderation
 
     # the moderator logs a warning per stop (with the term): thousands of expected lines here

@@ -63,7 +63,8 @@ def test_rm_suite_counts_ties_apart_and_matches_align_reward(tiny_rm, prefs, tmp
     # rewards: (good, bad) + (bad, good) + (good, good) responses, offset 0.25 already subtracted
     flat = [r_good, r_bad, r_bad, r_good, r_good, r_good]
     assert m["reward_mean"] == pytest.approx(float(torch.tensor(flat).mean()), abs=1e-6)
-    assert m["reward_std"] == pytest.approx(float(torch.tensor(flat, dtype=torch.float64).std(unbiased=False)), abs=1e-6)
+    std = float(torch.tensor(flat, dtype=torch.float64).std(unbiased=False))
+    assert m["reward_std"] == pytest.approx(std, abs=1e-6)
     assert m["reward_offset"] == 0.25
     # per example: prompt, both rewards and the margin, one row per comparison
     rows = {r["id"]: r for r in result.per_example}
