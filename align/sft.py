@@ -339,8 +339,12 @@ def encode_example(prompt_ids: Sequence[int], response_ids: Sequence[int], eos_i
 
 
 def encode_examples(examples: Sequence[SFTExample], encode: Callable[[str], list[int]], eos_id: int | None,
-                    max_tokens: int, min_prompt_tokens: int, source: str = "<data>") -> list[tuple[list[int], list[int]]]:
-    """:func:`encode_example` over rows; a row whose text the tokenizer cannot encode raises naming its id."""
+                    max_tokens: int, min_prompt_tokens: int, source: str = "<data>",
+                    stats: dict | None = None) -> list[tuple[list[int], list[int]]]:
+    """:func:`encode_example` over rows; a row whose text the tokenizer cannot encode raises naming its id.
+
+    ``stats``, when given, gets ``cut_examples`` (rows that lost tokens to ``max_tokens``) and
+    ``empty_examples`` (rows with nothing to learn, skipped)."""
     from indexer.data import DataError
 
     out = []
@@ -350,8 +354,14 @@ def encode_examples(examples: Sequence[SFTExample], encode: Callable[[str], list
         except ValueError as err:
             raise DataError(source, f"row id {ex.id!r}: {err} (set data.unknown_chars drop to remove them)",
                             field="prompt") from None
-        ids, mask = encode_example(p, r, eos_id if ex.eos else None, max_tokens, min_prompt_tokens)
+        eos = eos_id if ex.eos else None
+        ids, mask = encode_example(p, r, eos, max_tokens, min_prompt_tokens)
+        if stats is not None:
+            cut = len(p) + len(r) + (eos is not None) > max_tokens
+            stats["cut_examples"] = stats.get("cut_examples", 0) + cut
         if sum(mask[1:]) == 0:
+            if stats is not None:
+                stats["empty_examples"] = stats.get("empty_examples", 0) + 1
             continue  # nothing to learn (an empty response with no EOS)
         out.append((ids, mask))
     return out
@@ -567,11 +577,13 @@ def build_rows(cfg: SFTConfig, tokenizer, max_tokens: int) -> tuple[list, list, 
         raise ConfigError(f"no training rows left after holding out val_fraction={dc.val_fraction}", "data.val_fraction")
     encode = make_encoder(tokenizer, dc.unknown_chars)
     eos = tokenizer.eos_token_id
-    train = encode_examples(train_ex, encode, eos, max_tokens, dc.min_prompt_tokens, dc.train)
+    counts: dict = {"cut_examples": 0, "empty_examples": 0}
+    train = encode_examples(train_ex, encode, eos, max_tokens, dc.min_prompt_tokens, dc.train, counts)
     val = encode_examples(val_ex, encode, eos, max_tokens, dc.min_prompt_tokens, dc.val or dc.train)
+    if not train:
+        raise ConfigError("every training row is empty after encoding (no response tokens)", "data.train")
     stats = {"train_examples": len(train), "val_examples": len(val),
-             "response_tokens": sum(sum(m[1:]) for _, m in train),
-             "cut_examples": sum(1 for ids, _ in train if len(ids) == max_tokens)}
+             "response_tokens": sum(sum(m[1:]) for _, m in train), **counts}
     if dc.packing:
         order = list(range(len(train)))
         random.Random(cfg.train.seed).shuffle(order)  # packing order is fixed per seed: resume sees the same rows

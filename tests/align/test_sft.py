@@ -226,3 +226,34 @@ def test_bad_rows_name_file_line_and_field(tmp_path, tok):
         encode_examples(ex, make_encoder(tok), tok.eos_token_id, 64, 4)
     (ids, _), = encode_examples(ex, make_encoder(tok, "drop"), tok.eos_token_id, 64, 4)
     assert tok.decode(ids[:-1]) == "cafok"
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_sft_runs_on_cpu_and_resumes(tmp_path, tiny_model):
+    """DeepSpeed ZeRO-2 through the config passthrough (gloo on CPU; the first run JIT-builds DeepSpeed's
+    shared-memory op, about two minutes). A subprocess: the process group would outlive the test."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'wandao[deepspeed]')")
+    data = _write(tmp_path / "sft.jsonl", _rows(64))
+    base = [sys.executable, "-m", "align.sft", "--model.init_from", str(tiny_model), "--data.train", str(data),
+            "--data.max_length", "96", "--optim.lr", "3e-3", "--train.backend", "deepspeed",
+            "--deepspeed.zero_stage", "2", "--train.device", "cpu", "--train.out_dir", str(tmp_path / "ds"),
+            "--train.eval_interval", "3", "--train.grad_accum_steps", "2", "--train.micro_batch_size", "4",
+            "--train.num_threads", "1", "--train.plot", "false", "--train.checkpoint_interval", "3"]
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, MASTER_PORT="29573")
+    first = subprocess.run(base + ["--train.max_iters", "6"], cwd=repo, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    s1 = json.loads(first.stdout.strip().splitlines()[-1])
+    assert s1["backend"] == "deepspeed-zero2" and s1["final_val_loss"] < s1["initial_val_loss"]
+    assert (tmp_path / "ds/step-00000006/deepspeed/state").is_dir()
+    second = subprocess.run(base + ["--train.max_iters", "8", "--train.resume", "auto"], cwd=repo, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    s2 = json.loads(second.stdout.strip().splitlines()[-1])
+    assert s2["steps"] == 8 and s2["steps_this_run"] == 2
