@@ -116,6 +116,16 @@ def _select(q, total, seen, touched, nt, ex_indptr, ex_docs, rank, by_rank, hs, 
         _sift_down(hs, hd, 0, size)
 
 
+@nb.njit(cache=True, nogil=True)
+def _query_flat(q, indptr, docs, tfs, scores, norms, norm_inv, idf, q_indptr, q_term, q_boost,
+                ex_indptr, ex_docs, rank, by_rank, acc, seen, touched, hs, hd, out_d, out_s, k):
+    nt = 0
+    for j in range(q_indptr[q], q_indptr[q + 1]):
+        nt = _accumulate(indptr, docs, tfs, scores, norms, norm_inv, idf, q_term[j], q_boost[j],
+                         acc, seen, touched, nt)
+    _select(q, acc, seen, touched, nt, ex_indptr, ex_docs, rank, by_rank, hs, hd, out_d, out_s, k)
+
+
 @nb.njit(parallel=True, cache=True)
 def search_flat(indptr, docs, tfs, scores, norms, norm_inv, idf, q_indptr, q_term, q_boost,
                 ex_indptr, ex_docs, rank, by_rank, n_docs, k, n_chunks):
@@ -130,11 +140,26 @@ def search_flat(indptr, docs, tfs, scores, norms, norm_inv, idf, q_indptr, q_ter
         hs = np.empty(k, np.float32)
         hd = np.empty(k, np.int32)
         for q in range(c * chunk, min(nq, (c + 1) * chunk)):
-            nt = 0
-            for j in range(q_indptr[q], q_indptr[q + 1]):
-                nt = _accumulate(indptr, docs, tfs, scores, norms, norm_inv, idf, q_term[j], q_boost[j],
-                                 acc, seen, touched, nt)
-            _select(q, acc, seen, touched, nt, ex_indptr, ex_docs, rank, by_rank, hs, hd, out_d, out_s, k)
+            _query_flat(q, indptr, docs, tfs, scores, norms, norm_inv, idf, q_indptr, q_term, q_boost,
+                        ex_indptr, ex_docs, rank, by_rank, acc, seen, touched, hs, hd, out_d, out_s, k)
+    return out_d, out_s
+
+
+@nb.njit(cache=True, nogil=True)
+def search_flat_serial(indptr, docs, tfs, scores, norms, norm_inv, idf, q_indptr, q_term, q_boost,
+                       ex_indptr, ex_docs, rank, by_rank, n_docs, k):
+    """One thread, no parallel region: waking numba's thread pool costs more than a small batch."""
+    nq = len(q_indptr) - 1
+    out_d = np.full((nq, k), -1, np.int32)
+    out_s = np.full((nq, k), -np.inf, np.float32)
+    acc = np.zeros(n_docs, np.float64)
+    seen = np.zeros(n_docs, np.bool_)
+    touched = np.empty(n_docs, np.int32)
+    hs = np.empty(k, np.float32)
+    hd = np.empty(k, np.int32)
+    for q in range(nq):
+        _query_flat(q, indptr, docs, tfs, scores, norms, norm_inv, idf, q_indptr, q_term, q_boost,
+                    ex_indptr, ex_docs, rank, by_rank, acc, seen, touched, hs, hd, out_d, out_s, k)
     return out_d, out_s
 
 

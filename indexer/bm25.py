@@ -449,10 +449,12 @@ class BM25:
         n_chunks = max(1, min(threads, n_queries))
         if len(fields) == 1:
             f = fields[0]
-            return kern.search_flat(np.asarray(f.indptr), np.asarray(f.docs), np.asarray(f.tfs),
-                                    np.asarray(f.scores), np.asarray(f.norms), f.norm_inverse, f.idf,
-                                    q_indptr, q_term, q_boost, ex_indptr, ex_docs, self._rank, self._by_rank,
-                                    self.n_docs, k, n_chunks)
+            args = (np.asarray(f.indptr), np.asarray(f.docs), np.asarray(f.tfs), np.asarray(f.scores),
+                    np.asarray(f.norms), f.norm_inverse, f.idf, q_indptr, q_term, q_boost, ex_indptr, ex_docs,
+                    self._rank, self._by_rank, self.n_docs, k)
+            if n_chunks == 1:  # one query or one thread: skip the thread pool's wake-up
+                return kern.search_flat_serial(*args)
+            return kern.search_flat(*args, n_chunks)
         f0, f1 = fields
         return kern.search_two_fields(
             np.asarray(f0.indptr), np.asarray(f0.docs), np.asarray(f0.tfs), np.asarray(f0.scores),
