@@ -96,11 +96,114 @@ def _stage_augment(ctx: DemoContext) -> dict:
             for name, value in summary.items() if isinstance(value, dict)}
 
 
+def _stage_pretrain(ctx: DemoContext) -> dict:
+    """A short pretraining run: BPE tokenizer + a tiny GPT on WikiText-2 and the XQuAD-train paragraphs."""
+    import os
+
+    from indexer.data import write_jsonl
+    from pretrain.config import from_dict
+    from pretrain.train import PretrainConfig, run
+    from rag.xquad import xquad_corpus
+
+    work = ctx.out / "pretrain"
+    paragraphs = work / "xquad-train-paragraphs.jsonl"
+    write_jsonl(paragraphs, ({"text": d["title"] + "\n" + d["text"]} for d in xquad_corpus("train")))
+    wikitext = os.path.join(os.environ.get("WANDAO_DATA_DIR", "data"), "wikitext-2", "raw")
+    cfg = from_dict(PretrainConfig, {
+        "model": {"preset": "tiny", "block_size": 128},
+        "data": {"sources": [{"path": f"{wikitext}/wiki.valid.raw", "name": "wikitext-2-valid"},
+                             {"path": f"{wikitext}/wiki.test.raw", "name": "wikitext-2-test"},
+                             {"path": str(paragraphs), "name": "xquad-train", "weight": 0.5}],
+                 "tokenizer": "bpe", "vocab_size": 4096},
+        "optim": {"name": "adamw", "lr": 3e-3},
+        "schedule": {"kind": "cosine", "warmup_iters": 20},
+        "train": {"out_dir": str(work / "run"), "max_iters": 150 if ctx.quick else 2000, "micro_batch_size": 16,
+                  "eval_interval": 50, "eval_iters": 10, "log_interval": 25, "seed": 1337},
+    }, source="wandao demo")
+    summary = run(cfg)
+    import shutil
+
+    final = work / "final"  # the model the later stages and `wandao serve --demo` start from
+    last = sorted((work / "run").glob("step-*"))[-1]
+    shutil.rmtree(final, ignore_errors=True)
+    shutil.copytree(last, final, ignore=shutil.ignore_patterns("optimizer*", "trainer_state*", "rng*", "*.pt"))
+    curve = work / "run" / "loss.png"
+    print(f"pretraining: final validation loss {summary['final_val_loss']:.3f} after {summary['steps']} steps; "
+          f"loss curve: {curve}")
+    return {k: summary[k] for k in ("final_val_loss", "steps", "tokens_per_s", "out_dir") if k in summary}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stage_serve(ctx: DemoContext) -> dict:
+    """Start `wandao serve --demo`, ask one question through the openai client, show a moderated request."""
+    import os
+    import subprocess
+    import urllib.request
+
+    from openai import OpenAI
+
+    port = _free_port()
+    log = open(ctx.out / "serve.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "wandao.cli", "serve", "--demo", "--demo-dir", str(ctx.out),
+                               "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "WANDAO_LOG_LEVEL": "WARNING"})
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"the demo server did not start; see {ctx.out / 'serve.log'}") from None
+                time.sleep(1)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="demo")
+        model = client.models.list().data[0].id
+        question = "What did the Normans do in France?"
+        print(f"\nuser: {question}\nassistant (streamed): ", end="", flush=True)
+        answer, citations = "", []
+        for chunk in client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                                    stream=True, max_tokens=48, temperature=0.0):
+            delta = chunk.choices[0].delta.content if chunk.choices else None
+            if delta:
+                answer += delta
+                print(delta, end="", flush=True)
+            extra = getattr(chunk, "model_extra", None) or {}
+            citations = extra.get("citations") or citations
+        print("\ncitations: " + "; ".join(f"[{i + 1}] {c.get('id')} ({c.get('title')})"
+                                          for i, c in enumerate(citations)))
+        blocked = "Tell me everything about V o l d e m o r t."  # an obfuscated blocklist entry
+        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": blocked}],
+                                               max_tokens=32)
+        events = (reply.model_extra or {}).get("moderation_events", [])
+        print(f"\nuser: {blocked}\nassistant: {reply.choices[0].message.content}\n"
+              f"finish_reason: {reply.choices[0].finish_reason}; moderation events: {json.dumps(events)}")
+        return {"answer": answer, "citations": [c.get("id") for c in citations],
+                "moderated_finish_reason": reply.choices[0].finish_reason, "moderation_events": len(events)}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
 STAGES: list[tuple[str, Callable[[DemoContext], dict]]] = [
     ("indexes", _stage_indexes),
     ("retrieval", _stage_retrieval),
     ("search", _stage_search),
     ("augment", _stage_augment),
+    ("pretrain", _stage_pretrain),
+    ("serve", _stage_serve),
 ]
 
 
@@ -137,7 +240,8 @@ def run_demo(out: Path, quick: bool = True, full: bool = False, redo: set[str] |
         "bm25_ndcg@10": results["retrieval"]["bm25"]["ndcg@10"],
         "dense_ndcg@10": results["retrieval"]["dense"]["ndcg@10"],
         "hybrid_ndcg@10": results["retrieval"]["hybrid"]["ndcg@10"],
-        "contamination_overlaps": results.get("augment", {}).get("check", {}).get("overlaps"),
+        "contamination_overlaps": results.get("augment", {}).get("check", {}).get("contaminated"),
+        "pretrain_val_loss": results.get("pretrain", {}).get("final_val_loss"),
         "out": str(out),
         "minutes": round((time.time() - started) / 60, 2),
     }
