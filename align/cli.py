@@ -8,6 +8,7 @@ COMMANDS = {
     "rm": ("align.reward:main", "reward models: train | eval (accuracy, ties, ECE) | score, K-wise ranking loss"),
     "sft": ("align.sft:main", "supervised fine-tuning with evidence; loss on response tokens only, packing, resume"),
     "iterate": ("align.iterate:main", "feedback-only loop: best-of-n sampling with evidence, select by RM/labels, SFT"),
+    "ppo": ("align.ppo:main", "PPO with retrieval in the loop: KL-penalised reward, GAE, PPO-ptx, EMA, rule rewards"),
 }
 
 # command -> config dataclass, so every YAML under configs/ can be loaded by the command its first line names.
@@ -15,4 +16,5 @@ CONFIGS = {
     "rm train": "align.reward:RMConfig",
     "sft": "align.sft:SFTConfig",
     "iterate": "align.iterate:IterateConfig",
+    "ppo": "align.ppo:PPOConfig",
 }
