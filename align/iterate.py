@@ -539,7 +539,6 @@ def run(cfg: IterateConfig) -> dict[str, Any]:
 
     # -- set up: reference policy, prompts with evidence, reward
     ref, tokenizer = load_model(initial, device)
-    torch.set_grad_enabled(True)  # load_model switches autograd off for generation; SFT needs it
     train_prompts, held = load_prompts(cfg, tokenizer)
     reward = build_reward(cfg.select.reward, device, cfg.select.batch_size) if cfg.select.reward else None
     logger.info("iterate: %d train prompts, %d held-out, n=%d, %d round(s), select by %s", len(train_prompts),
@@ -552,7 +551,6 @@ def run(cfg: IterateConfig) -> dict[str, Any]:
         with torch.no_grad():
             rec = {**evaluate_policy(policy_dir, ref, held, reward, cfg, round_, device), **extra,
                    "policy": str(policy_dir)}
-        torch.set_grad_enabled(True)
         from indexer.io import atomic_write_text
 
         atomic_write_text(done, json.dumps(rec, indent=2) + "\n")
@@ -594,7 +592,6 @@ def run(cfg: IterateConfig) -> dict[str, Any]:
                 for i, s in enumerate(samples):
                     s["rewards"] = [float(v) for v in flat[i * cfg.sample.n:(i + 1) * cfg.sample.n]]
             _write_jsonl(samples_path, samples)
-            torch.set_grad_enabled(True)
 
         # -- select
         labels = None

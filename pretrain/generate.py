@@ -110,7 +110,6 @@ def load_model(path: str | os.PathLike, device: str = "cpu", dtype: Any = None):
     kwargs = {"dtype": dtype} if dtype is not None else {}
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs).to(device)
     model.eval()
-    torch.set_grad_enabled(False)
     return model, tokenizer
 
 
