@@ -159,11 +159,12 @@ def _norm_label(label: str) -> str:
 
 
 def pair_counts(r_chosen: Sequence[float] | torch.Tensor, r_rejected: Sequence[float] | torch.Tensor,
-                tie_tol: float = 0.0) -> dict[str, float]:
+                tie_tol: float = 1e-6) -> dict[str, float]:
     """Accuracy with ties counted separately.
 
     A pair is *correct* when ``r_c - r_r > tie_tol``, a *tie* when ``|r_c - r_r| <= tie_tol``, and wrong
-    otherwise. ``accuracy = correct / pairs`` (ties count as not correct); ``accuracy_ties_half`` gives
+    otherwise. The default tolerance absorbs float noise: the same text scored in batches of different
+    shapes (padding, thread count) can differ in the last bits, and that is still a tie. ``accuracy = correct / pairs`` (ties count as not correct); ``accuracy_ties_half`` gives
     each tie half a point (RewardBench's convention for exact ties).
 
     Returns:
