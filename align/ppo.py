@@ -32,7 +32,8 @@ with a deadline (``train.step_timeout_s``): a stuck rollout raises :class:`StepT
 step instead of hanging the run (the stuck thread is abandoned).
 
 Outputs in ``train.out_dir``: ``config.yaml``, ``metrics.jsonl`` (one ``train`` record per step),
-``curves.png``, ``summary.md``, ``step-XXXXXXXX/`` checkpoints (policy as an HF folder + value
+``curves.png``, ``summary.md``, ``rollouts.jsonl`` (two sample rollouts per step: prompt with its
+evidence, response, rewards), ``step-XXXXXXXX/`` checkpoints (policy as an HF folder + value
 head, optimizer, EMA, KL controller, reward moments, RNG), ``model/`` (final policy) and
 ``model-ema/``. The last stdout line is JSON with ``reward_start``, ``reward_end``, ``kl_end``,
 ``steps`` (``*_start``: the first step's rollouts; ``*_end``: the mean of the last
@@ -555,11 +556,16 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
     # -- prompts, policy, reference, critic, rewards
     items = load_prompt_items(dc)
     init_from = Path(os.path.expandvars(os.path.expanduser(cfg.policy.init_from)))
+    retriever = None
+    if dc.index:
+        from rag.retriever import Retriever
+
+        retriever = Retriever(os.path.expandvars(dc.index), retriever=dc.retriever)
     if not (init_from / "config.json").exists():
         if not cfg.policy.build_tiny:
             raise FileNotFoundError(f"{init_from}: not an HF model folder (no config.json); give a policy "
                                     "(wandao sft output) or set policy.build_tiny true")
-        texts = [r["prompt"] for r in render_prompts(items, dc, None, None)]
+        texts = [r["prompt"] for r in render_prompts(items, dc, retriever, None)]  # the vocabulary's characters
         build_tiny_policy(init_from, texts, cfg.policy.tiny_block_size, tc.seed)
     tokenizer = load_tokenizer(init_from)
     if tokenizer.eos_token_id is None:
@@ -578,11 +584,6 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
                           f"of {ctx} tokens", "data.max_prompt_tokens")
     reward_fn = CompositeReward([build_source(s.kind, s.name, s.weight, s.path, s.terms, s.token, tokenizer,
                                               s.require_citation, device) for s in cfg.rewards])
-    retriever = None
-    if dc.index:
-        from rag.retriever import Retriever
-
-        retriever = Retriever(os.path.expandvars(dc.index), retriever=dc.retriever)
     ptx_tokens = None
     if pc.ptx_coef > 0:
         ptx_tokens = torch.tensor(read_ptx_tokens(pc.ptx_data, tokenizer), dtype=torch.long)
@@ -610,6 +611,10 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
         ckpt.set_rng_state(state["rng"])
         logger.info("resumed from %s at step %d", resume_from, start_step)
     metrics = metrics_lib.MetricsLogger(out_dir, False, start_step + 1 if resume_from else None)
+    samples = out_dir / "rollouts.jsonl"
+    if samples.exists():  # keep only the steps before the one this run starts at
+        kept = [x for x in samples.read_text(encoding="utf-8").splitlines() if x and json.loads(x)["step"] <= start_step]
+        samples.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
 
     def save(step: int) -> Path:
         trainer_state = {"step": step, "value_head": model.value_head.state_dict(), "ema": ema,
@@ -722,6 +727,12 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
                "lr": lr, "episodes": rc.batch_size, "seconds": time.perf_counter() - t0}
         rec["episodes_per_s"] = rc.batch_size / rec["seconds"]
         history.append({"step": step, "reward": rec["reward"], "kl": kl_mean})
+        with open(out_dir / "rollouts.jsonl", "a", encoding="utf-8") as f:  # a few samples per step, to read
+            for r, total in list(zip(rows, scores_list))[:2]:
+                f.write(json.dumps({"step": step, "prompt_id": r.get("prompt_id"), "prompt": r["prompt"],
+                                    "evidence_ids": r.get("evidence_ids"), "response": r["response"],
+                                    "reward": total, **{f"reward/{k}": v[rows.index(r)] for k, v in parts.items()}})
+                        + "\n")
         metrics.log(step, "train", **rec)
         if step % tc.log_interval == 0 or step == tc.steps:
             logger.info("step %d: reward %.4f kl %.3f entropy %.3f clipfrac %.3f value_err %.4f len %.1f eos %.2f "

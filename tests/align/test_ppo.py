@@ -1,0 +1,194 @@
+"""align.ppo: evidence is context (masked out of the losses), timeouts fire, resume equals an
+uninterrupted run, retrieval in the loop, and the reference curve (slow)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from align.ppo import (PPOConfig, StepTimeout, _actor_critic_class, build_tiny_policy, call_with_timeout, make_batch,
+                       ppo_losses, run)
+from pretrain.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = [{"id": "sky", "title": "Sky", "text": "The sky is blue on a clear day."},
+        {"id": "rose", "title": "Rose", "text": "The rose is red and smells sweet."},
+        {"id": "coal", "title": "Coal", "text": "Coal is black and burns hot."}]
+QUESTIONS = [{"id": f"q{i}", "question": q, "answer": a} for i, (q, a) in enumerate(
+    [("What colour is the sky?", "blue"), ("What colour is the rose?", "red"), ("What colour is coal?", "black"),
+     ("Is the sky blue?", "yes"), ("Does coal burn?", "yes"), ("Is a rose sweet?", "yes")])]
+
+
+def hanging_reward(rows):
+    """A reward source that never answers in time (the injected hang)."""
+    time.sleep(30)
+    return [0.0] * len(rows)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A BM25 index over DOCS, the questions as JSONL, PPO-ptx text, and a tiny policy over their characters."""
+    from indexer import build_index
+
+    root = tmp_path_factory.mktemp("ppo")
+    build_index(DOCS, root / "index", bm25=True)
+    (root / "prompts.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    (root / "ptx.txt").write_text(" ".join(d["text"] for d in DOCS) * 4)
+    return root
+
+
+def _cfg(root: Path, out: str, steps: int, **extra) -> PPOConfig:
+    data = {
+        "policy": {"init_from": str(root / "init"), "build_tiny": True, "tiny_block_size": 256},
+        "data": {"prompts": str(root / "prompts.jsonl"), "template": "sparrow", "index": str(root / "index"), "k": 2},
+        "rollout": {"batch_size": 4, "max_new_tokens": 6, "stop": []},
+        "ppo": {"epochs": 1, "minibatch_size": 2, "ptx_coef": 27.8, "ptx_data": str(root / "ptx.txt"),
+                "ptx_batch_size": 2, "ptx_tokens": 16},
+        "rewards": [{"kind": "attribution", "weight": 1.0}, {"kind": "target_token", "token": "e", "weight": 0.5},
+                    {"kind": "not_human", "weight": 0.1}],
+        "optim": {"lr": 1e-3, "weight_decay": 0.0},
+        "train": {"out_dir": str(root / out), "steps": steps, "device": "cpu", "num_threads": 1, "plot": False,
+                  "step_timeout_s": 120.0},
+    }
+    for k, v in extra.items():
+        section, key = k.split("__")
+        data[section][key] = v
+    return PPOConfig.from_dict(data)
+
+
+def test_evidence_tokens_are_masked_out_of_the_policy_and_value_loss(tmp_path):
+    from rag.templates import Example, Passage, get_template
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    r = get_template("sparrow").render(Example(question="What colour is the sky?",
+                                               passages=[Passage("sky", "Sky", "The sky is blue.")]))
+    build_tiny_policy(tmp_path / "m", [r.prompt], 256, seed=0)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "m"))
+    model = _actor_critic_class()(AutoModelForCausalLM.from_pretrained(str(tmp_path / "m")))
+    prompt = tok(r.prompt, add_special_tokens=False)["input_ids"]
+    ev_start = r.prompt.index("The sky is blue.")  # char tokenizer: one token per character
+    response = tok(" blue", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    short = tok("Hi", add_special_tokens=False)["input_ids"]
+    batch = make_batch([prompt, short], [response, response[:2]], tok.pad_token_id)
+    mask = batch["action_mask"]
+    # row 0: targets 0..len(prompt)-2 are prompt tokens (evidence among them): mask 0; the 6 response targets: 1
+    assert mask[0, :len(prompt) - 1].sum() == 0
+    assert mask[0, ev_start:ev_start + 16].sum() == 0
+    assert mask[0].tolist()[len(prompt) - 1:len(prompt) + 5] == [1.0] * 6
+    assert mask[0].sum() == 6 and mask[1].sum() == 2  # padding of the short row is not an action either
+    # Garbage in old log-probs / advantages / returns at non-action positions changes nothing, and the
+    # gradient reaching the logits of prompt positions is zero.
+    torch.manual_seed(0)
+    shape = mask.shape
+    old_logp, old_v = torch.randn(shape) - 3, torch.randn(shape) * 0.1
+    adv, ret = torch.randn(shape), torch.randn(shape)
+    loss, _ = ppo_losses(model, batch, old_logp, old_v, adv, ret, 0.2, 0.2, 0.5)
+    junk = 1 - mask
+    loss2, _ = ppo_losses(model, batch, old_logp + 1e3 * junk, old_v - 1e3 * junk, adv + 1e3 * junk,
+                          ret + 1e3 * junk, 0.2, 0.2, 0.5)
+    assert float(loss.detach()) == pytest.approx(float(loss2.detach()), rel=1e-6)
+    grabbed = {}
+
+    def keep(module, inputs, output):  # returns None: the output is left as it is
+        output.retain_grad()
+        grabbed["logits"] = output
+
+    hook = model.hf.lm_head.register_forward_hook(keep)
+    loss, _ = ppo_losses(model, batch, old_logp, old_v, adv, ret, 0.2, 0.2, 0.5)
+    loss.backward()
+    hook.remove()
+    g = grabbed["logits"].grad  # (B, T, V); logits at t predict token t+1
+    assert g[0, :len(prompt) - 1].abs().sum() == 0  # prompt and evidence positions: no gradient
+    assert g[0, len(prompt) - 1:len(prompt) + 5].abs().sum() > 0
+
+
+def test_timeouts_fire():
+    t0 = time.perf_counter()
+    with pytest.raises(StepTimeout, match="generation did not finish within 0.2s"):
+        call_with_timeout(lambda: time.sleep(30), 0.2, "generation")
+    assert time.perf_counter() - t0 < 5
+    assert call_with_timeout(lambda: 7, 1.0, "x") == 7
+    with pytest.raises(KeyError):
+        call_with_timeout(lambda: {}["missing"], 1.0, "x")
+
+
+def test_a_hanging_reward_stops_the_run_in_bounded_time(setup):
+    cfg = _cfg(setup, "hang", 2, train__step_timeout_s=3.0)
+    cfg.rewards[0].kind, cfg.rewards[0].path = "function", "tests.align.test_ppo:hanging_reward"
+    t0 = time.perf_counter()
+    with pytest.raises(StepTimeout, match="reward did not finish within 3s"):
+        run(cfg)
+    assert time.perf_counter() - t0 < 60
+
+
+def test_resume_equals_uninterrupted_with_retrieval_ptx_and_ema(setup):
+    full = run(_cfg(setup, "full", 2))
+    run(_cfg(setup, "split", 1))
+    resumed = run(_cfg(setup, "split", 2, train__resume="auto"))
+    assert resumed["steps"] == full["steps"] == 2
+    assert resumed["reward_end"] == pytest.approx(full["reward_end"], abs=1e-6)
+    assert resumed["kl_end"] == pytest.approx(full["kl_end"], abs=1e-5)
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(setup / "full/model/model.safetensors")), load_file(str(setup / "split/model/model.safetensors"))
+    init = load_file(str(setup / "init/model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    assert any(not torch.equal(a[k], init[k]) for k in a)  # training moved the policy
+    ema = load_file(str(setup / "full/model-ema/model.safetensors"))
+    assert any(not torch.equal(ema[k], a[k]) for k in a)  # the EMA lags the policy
+    # the evidence was retrieved in the loop and logged per source
+    recs = [json.loads(x) for x in (setup / "full/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2]
+    assert {"reward/attribution", "reward/target_token", "reward/not_human", "kl", "sqrt_kl", "entropy", "clipfrac",
+            "value_error", "response_length", "eos_rate", "ptx_loss"} <= set(recs[0])
+    samples = [json.loads(x) for x in (setup / "full/rollouts.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [1, 1, 2, 2]
+    for s in samples:  # the prompt carries the retrieved passages' text, cited by id
+        assert s["evidence_ids"] and all(d in {"sky", "rose", "coal"} for d in s["evidence_ids"])
+        texts = {d["id"]: d["text"] for d in DOCS}
+        assert texts[s["evidence_ids"][0]] in s["prompt"]
+    split = [json.loads(x) for x in (setup / "split/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in split] == [1, 2]
+
+
+def test_cli_last_line_is_json_and_config_errors(setup, capsys):
+    from align.ppo import main
+
+    code = main(["--config", str(REPO / "configs/ppo/reference.yaml"), "--out", str(setup / "cli"),
+                 "--policy.init_from", str(setup / "init"), "--data.prompts", str(setup / "prompts.jsonl"),
+                 "--train.steps", "1", "--rollout.batch_size", "2", "--ppo.minibatch_size", "2",
+                 "--ppo.epochs", "1", "--train.plot", "false", "--train.num_threads", "1"])
+    assert code == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"reward_start", "reward_end", "kl_end", "steps"} <= set(last) and last["steps"] == 1
+    with pytest.raises(ConfigError, match="ppo.minibatch_size"):
+        PPOConfig.from_dict({"rollout": {"batch_size": 2}, "ppo": {"minibatch_size": 4}})
+    with pytest.raises(ConfigError, match="ppo.ptx_data"):
+        PPOConfig.from_dict({"ppo": {"ptx_coef": 27.8}})
+    with pytest.raises(ConfigError, match="rewards"):
+        PPOConfig.from_dict({"rewards": [{"kind": "magic"}]})
+
+
+@pytest.mark.slow
+def test_reference_curve_meets_its_expected_ranges(tmp_path):
+    """configs/ppo/reference.yaml: reward from ~1/vocab to >= 0.8 with KL <= 40 nats (see the config).
+
+    2026-11-27, 2 shared CPU cores: reward 0.008 -> 1.000, KL 34.8 nats per 8-token response, ~2-6 min.
+    """
+    from pretrain.config import read_yaml
+
+    cfg = PPOConfig.load(REPO / "configs/ppo/reference.yaml",
+                         overrides={"train": {"out_dir": str(tmp_path / "ref"), "plot": True},
+                                    "policy": {"init_from": str(tmp_path / "init")}})
+    s = run(cfg)
+    exp = read_yaml(REPO / "configs/ppo/reference.yaml")["expect"]
+    assert s["reward_start"] < 0.1
+    assert s["reward_end"] >= exp["reward_end_min"]
+    assert s["kl_end"] <= exp["kl_end_max"]
+    assert s["expect_ok"] is True
+    assert (tmp_path / "ref/curves.png").exists()
