@@ -686,7 +686,7 @@ def run(cfg: RMConfig) -> dict[str, Any]:
         raw = row_rewards(rm, ref, tc.eval_batch_size, device)
         offset = float(np.concatenate(raw).mean())
     rm.meta.update(_meta(cfg, rm.meta["pooling"], offset))
-    final = evaluate_all(max_steps)
+    final = evaluate_all(steps_done)
     metrics.close()
 
     # -- save the RM folder atomically
