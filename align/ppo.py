@@ -684,8 +684,8 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
                 advantages = masked_whiten(advantages, mask)
             kl_seq = ((old_logp - ref_logp) * mask).sum(-1)  # logged KL: k1 summed over each response
 
-        # -- 6. PPO epochs over shuffled minibatches
-        model.train()
+        # -- 6. PPO epochs over shuffled minibatches. The model stays in eval mode (no dropout), so the
+        # first epoch's ratio is exactly 1 and log-probs match the rollout's (TRL and DeepSpeed-Chat do the same).
         gen = torch.Generator().manual_seed(tc.seed * 31 + step)
         n = len(keep)
         sums: dict[str, float] = {}

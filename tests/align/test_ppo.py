@@ -183,8 +183,8 @@ def test_reference_curve_meets_its_expected_ranges(tmp_path):
     from pretrain.config import read_yaml
 
     cfg = PPOConfig.load(REPO / "configs/ppo/reference.yaml",
-                         overrides={"train": {"out_dir": str(tmp_path / "ref"), "plot": True},
-                                    "policy": {"init_from": str(tmp_path / "init")}})
+                         overrides={"train.out_dir": str(tmp_path / "ref"), "train.plot": True,
+                                    "policy.init_from": str(tmp_path / "init")})
     s = run(cfg)
     exp = read_yaml(REPO / "configs/ppo/reference.yaml")["expect"]
     assert s["reward_start"] < 0.1
