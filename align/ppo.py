@@ -13,8 +13,8 @@ Read top to bottom, one PPO step is:
    ``reward/<name>``; optionally normalised (batch whitening or running moments);
 4. **score the rollout** without gradients: log-probabilities of the taken tokens under the policy
    (old) and the frozen reference, and the critic's values. The critic is a scalar value head on
-   the policy's last hidden state (shared trunk, as InstructGPT's value function initialised
-   from... here from zero, so the first values are 0);
+   the policy's last hidden state (a shared trunk; the head starts at zero, so the first values are 0;
+   InstructGPT instead initialises a separate value model from the RM);
 5. **advantages**: per-token rewards ``−β·kl_t`` plus the score on the last action
    (:func:`align.rl_utils.kl_penalized_rewards`), GAE (γ = 1, λ = 0.95 by default), masked
    whitening of the advantages;

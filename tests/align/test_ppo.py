@@ -192,3 +192,22 @@ def test_reference_curve_meets_its_expected_ranges(tmp_path):
     assert s["kl_end"] <= exp["kl_end_max"]
     assert s["expect_ok"] is True
     assert (tmp_path / "ref/curves.png").exists()
+
+
+def test_rollout_keeps_eos_as_the_last_action(setup):
+    """EOS is an action (the policy learns to stop) but not part of the response text/ids the reward sees."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from align.ppo import sample
+    from pretrain.generate import GenerationConfig
+
+    tok = AutoTokenizer.from_pretrained(str(setup / "init"))
+    model = AutoModelForCausalLM.from_pretrained(str(setup / "init")).eval()
+    prompts = [tok("What colour is coal?", add_special_tokens=False)["input_ids"], tok("Hi", add_special_tokens=False)["input_ids"]]
+    V = model.config.vocab_size
+    # every id counts as EOS: each row stops at its first token, which is its only action
+    out = sample(model, tok, prompts, GenerationConfig(max_new_tokens=5, seed=0, eos_token_id=list(range(V))))
+    assert [(len(r.actions), r.token_ids, r.finish_reason) for r in out] == [(1, [], "stop"), (1, [], "stop")]
+    # no id is EOS: rows run to max_new_tokens, the actions are exactly the response ids
+    out = sample(model, tok, prompts, GenerationConfig(max_new_tokens=5, seed=0, eos_token_id=[V + 7]))
+    assert all(r.finish_reason == "length" and r.actions == r.token_ids and len(r.actions) == 5 for r in out)
