@@ -350,9 +350,18 @@ def _rewards_batched(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, dev
 
 def row_rewards(rm: RewardModel, rows: Sequence["PreferenceRow"], batch_size: int = 64,
                 device: str = "cpu") -> list["np.ndarray"]:
-    """Normalised rewards of every response of every row (one array per row)."""
+    """Normalised rewards of every response of every row (one array per row).
+
+    Identical token sequences are scored once: preference sets repeat responses, and one score per
+    distinct sequence also guarantees a response compared with itself is an exact tie (the same text
+    in differently shaped batches can otherwise differ in the last bits).
+    """
     seqs, spans = _row_sequences(rm, rows)
-    flat = _rewards_batched(rm.model, seqs, rm.tokenizer.pad_token_id, device, batch_size) - rm.offset
+    position: dict[tuple[int, ...], int] = {}
+    index = [position.setdefault(tuple(seq), len(position)) for seq in seqs]
+    distinct = [list(seq) for seq in position]
+    scores = _rewards_batched(rm.model, distinct, rm.tokenizer.pad_token_id, device, batch_size) - rm.offset
+    flat = scores[index]
     return [flat[a:b] for a, b in spans]
 
 
