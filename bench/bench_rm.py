@@ -2,7 +2,7 @@
 
 Same backbone (the shipped all-MiniLM-L6-v2 with a fresh ``num_labels=1`` head), same pairs (hh-rlhf
 helpful-base, train part, token ids from :func:`align.reward.encode` given to both), same batch
-size, same optimizer (AdamW, same lr, weight decay, clipping), fp32 on CPU. Each trainer makes two
+size, same optimizer (fused AdamW, same lr, weight decay, clipping; no gradient checkpointing), fp32 on CPU. Each trainer makes two
 passes over the same ``--batch × --steps`` pairs (so both see exactly the same sequences); the
 first warms up and the second is timed, from its first step's start to its last step's end; rounds alternate (ours, TRL, ours, TRL, …) so load
 changes on a shared machine hit both, and the best round of each counts. Target ≥ 1.0×.
@@ -54,7 +54,7 @@ def run_wandao(rows, chosen, rejected, batch: int, lr: float, group: bool) -> di
     model = rm.model.train()
     data = _Batches([[c, r] for c, r in zip(chosen, rejected)], [[0, 1]] * len(rows), [{}] * len(rows),
                     [1] * len(rows))
-    opt = build_optimizer(model, OptimConfig(name="adamw", lr=lr, weight_decay=0.0, beta2=0.999, impl="foreach"))
+    opt = build_optimizer(model, OptimConfig(name="adamw", lr=lr, weight_decay=0.0, beta2=0.999))
     rng = random.Random(0)
     loss_cfg = LossSection()
     for epoch in range(2):  # epoch 0 warms up (allocator, kernels); epoch 1 is timed
@@ -100,7 +100,10 @@ def run_trl(rows, chosen, rejected, batch: int, lr: float) -> dict:
                             learning_rate=lr, weight_decay=0.0, adam_beta2=0.999, max_grad_norm=1.0,
                             lr_scheduler_type="constant", warmup_steps=0, logging_steps=10_000, save_strategy="no",
                             report_to=[], use_cpu=True, dataloader_num_workers=0, max_length=None,
-                            disable_tqdm=True, seed=0, bf16=False, fp16=False)
+                            disable_tqdm=True, seed=0, bf16=False, fp16=False,
+                            # RewardConfig turns gradient checkpointing on by default (a memory setting);
+                            # off here, as in wandao's loop, so both do the same work per step
+                            gradient_checkpointing=False, optim="adamw_torch_fused")
         trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
         trainer.train()
     dt = marks["t1"] - marks["t0"]
