@@ -110,14 +110,15 @@ def _stage_pretrain(ctx: DemoContext) -> dict:
     write_jsonl(paragraphs, ({"text": d["title"] + "\n" + d["text"]} for d in xquad_corpus("train")))
     wikitext = os.path.join(os.environ.get("WANDAO_DATA_DIR", "data"), "wikitext-2", "raw")
     cfg = from_dict(PretrainConfig, {
-        "model": {"preset": "tiny", "block_size": 128},
+        # 512 positions: the serving stage's prompt carries retrieved passages in the sparrow template.
+        "model": {"preset": "tiny", "block_size": 512},
         "data": {"sources": [{"path": f"{wikitext}/wiki.valid.raw", "name": "wikitext-2-valid"},
                              {"path": f"{wikitext}/wiki.test.raw", "name": "wikitext-2-test"},
                              {"path": str(paragraphs), "name": "xquad-train", "weight": 0.5}],
                  "tokenizer": "bpe", "vocab_size": 4096},
         "optim": {"name": "adamw", "lr": 3e-3},
         "schedule": {"kind": "cosine", "warmup_iters": 20},
-        "train": {"out_dir": str(work / "run"), "max_iters": 150 if ctx.quick else 2000, "micro_batch_size": 16,
+        "train": {"out_dir": str(work / "run"), "max_iters": 150 if ctx.quick else 2000, "micro_batch_size": 4,
                   "eval_interval": 50, "eval_iters": 10, "log_interval": 25, "seed": 1337},
     }, source="wandao demo")
     summary = run(cfg)
@@ -171,7 +172,8 @@ def _stage_serve(ctx: DemoContext) -> dict:
         print(f"\nuser: {question}\nassistant (streamed): ", end="", flush=True)
         answer, citations = "", []
         for chunk in client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
-                                                    stream=True, max_tokens=48, temperature=0.0):
+                                                    stream=True, max_tokens=48, temperature=0.0,
+                                                    extra_body={"k": 2}):
             delta = chunk.choices[0].delta.content if chunk.choices else None
             if delta:
                 answer += delta
