@@ -1,9 +1,10 @@
 """``qa``: SQuAD v1.1 exact match and F1 (×100) of answers to a SQuAD-style QA set.
 
-Predictions come from a JSONL file of ``{"id", "prediction"}`` lines (``--predictions``), or —
-from Python — from any ``predict(examples) -> {id: answer}`` callable passed as
-``evals.run("qa", dataset=..., predict=fn)``. That callable is the extension point for generation:
-the pretrain/align stages plug a wandao model (with or without retrieved evidence) in there.
+Predictions come from a JSONL file of ``{"id", "prediction"}`` lines (``--predictions``), from a
+model (``--model DIR``: greedy answers from any HF causal-LM folder, closed-book or with evidence
+retrieved from ``--index DIR`` and rendered with the rag ``--template`` the model was trained with),
+or — from Python — from any ``predict(examples) -> {id: answer}`` callable passed as
+``evals.run("qa", dataset=..., predict=fn)``.
 
 Questions with no prediction score 0 and are counted in ``missing``; a prediction for an id the
 dataset does not have is an error naming the file and line.
@@ -12,6 +13,7 @@ dataset does not have is an error naming the file and line.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,7 +22,9 @@ logger = logging.getLogger(__name__)
 HEADLINE = ("exact_match", "f1")
 WORST = ("f1", True)
 WORST_COLUMNS = ("id", "question", "answers", "prediction", "f1")
-EXAMPLE = "wandao eval qa --dataset xquad-en --predictions preds.jsonl --json"
+EXAMPLE = ("wandao eval qa --dataset xquad-en --predictions preds.jsonl --json\n"
+           "  wandao eval qa --dataset xquad-en:test --model runs/demo/pretrain/final --index runs/demo/rag/index "
+           "--template sparrow -k 3 --json")
 
 
 @dataclass
@@ -29,11 +33,57 @@ class Config:
     predictions: str | None = field(default=None, metadata={"help": "JSONL of {\"id\", \"prediction\"}"})
     predict: Callable | None = field(default=None, metadata={"cli": False,
                                                              "help": "Python only: examples -> {id: answer}"})
+    model: str | None = field(default=None, metadata={"help": "generate answers with this HF causal-LM folder"})
+    index: str | None = field(default=None, metadata={
+        "help": "with --model: retrieve evidence from this index (omit for closed-book answers)"})
+    retriever: str | None = field(default=None, metadata={"help": "bm25, dense, hybrid or lucene (default: the index's)"})
+    template: str = field(default="sparrow", metadata={"help": "rag evidence template the model was trained with"})
+    k: int = field(default=3, metadata={"help": "passages per question", "flags": ["-k"]})
+    max_new_tokens: int = field(default=32, metadata={"help": "answer length cap in tokens"})
+    batch_size: int = field(default=16, metadata={"help": "questions per generation batch"})
 
     def __post_init__(self) -> None:
-        if (self.predictions is None) == (self.predict is None):
-            raise ValueError("qa needs --predictions FILE (JSONL lines {\"id\", \"prediction\"}); "
-                             "from Python, pass predictions= or predict=")
+        given = [self.predictions is not None, self.predict is not None, self.model is not None]
+        if sum(given) != 1:
+            raise ValueError("qa needs exactly one of --predictions FILE (JSONL lines {\"id\", \"prediction\"}) or "
+                             "--model DIR (generate; add --index DIR for evidence); from Python, predict= also works")
+
+
+_CITATION = re.compile(r"\s*\[\d+\]")
+
+
+def generate_predictions(cfg: Config, examples: list[dict]) -> dict[str, str]:
+    """Greedy answers from ``cfg.model``, with evidence from ``cfg.index`` rendered by ``cfg.template``.
+
+    The prompt is exactly what the model saw in training (the rag template's prompt part); the answer
+    stops at the first newline and loses its ``[n]`` citation markers before scoring.
+    """
+    from pretrain.generate import GenerationConfig, generate, load_model
+    from rag.templates import Example, Passage, get_template
+    from rag.tokenizer import load_tokenizer
+
+    model, tokenizer = load_model(cfg.model)
+    template = get_template(cfg.template, tokenizer=load_tokenizer(tokenizer))
+    retriever = None
+    if cfg.index is not None:
+        from rag.retriever import Retriever
+
+        retriever = Retriever(cfg.index, retriever=cfg.retriever)
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0, stop=["\n"])
+    preds: dict[str, str] = {}
+    for start in range(0, len(examples), cfg.batch_size):
+        batch = examples[start:start + cfg.batch_size]
+        passages: list[list] = [[] for _ in batch]
+        if retriever is not None:
+            res = retriever.retrieve([e["question"] for e in batch], k=cfg.k)
+            for i in range(len(batch)):
+                passages[i] = [Passage(d["id"], d.get("title", ""), d.get("text", ""), s)
+                               for d, s in zip(res.documents[i], res.scores[i].tolist())]
+        prompts = [template.render(Example(question=e["question"], answer="", passages=ps)).prompt
+                   for e, ps in zip(batch, passages)]
+        for e, out in zip(batch, generate(model, tokenizer, prompts, gen)):
+            preds[e["id"]] = _CITATION.sub("", out.text).strip()
+    return preds
 
 
 def load_predictions(path: str, known_ids: set[str]) -> dict[str, str]:
@@ -66,6 +116,8 @@ def suite(cfg: Config) -> tuple[dict, list[dict]]:
     golds = {e["id"]: e["answers"] for e in examples}
     if cfg.predictions is not None:
         preds = load_predictions(cfg.predictions, set(golds))
+    elif cfg.model is not None:
+        preds = generate_predictions(cfg, examples)
     else:
         preds = {str(k): v for k, v in cfg.predict(examples).items()}
         unknown = sorted(set(preds) - set(golds))
