@@ -642,22 +642,10 @@ def run(cfg: SFTConfig) -> dict[str, Any]:
     if not cfg.data.train:
         raise ConfigError("is required: the training rows", "data.train")
     use_ds = tc.backend == "deepspeed"
-    device = tc.device if tc.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if use_ds:
-        from pretrain.train import _init_distributed
+    from pretrain.train import setup_runtime
 
-        _init_distributed(device)
-    rank, local_rank, world = _dist_info()
+    device, dtype, (rank, local_rank, world) = setup_runtime(tc)
     master = rank == 0
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("got 'cuda' but no CUDA device is visible; use --train.device cpu", "train.device")
-        torch.cuda.set_device(local_rank)
-    dtype = tc.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
     out_dir = Path(tc.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     resume_from = ckpt.resolve_resume(tc.resume, out_dir)

@@ -264,6 +264,30 @@ class _Evaluator:
 # -------------------------------------------------------------------------------------------- main
 
 
+def setup_runtime(tc) -> tuple[str, str, tuple[int, int, int]]:
+    """Device, autocast dtype and ``(rank, local_rank, world)`` for a run's train section.
+
+    Shared by every trainer (pretrain, SFT): picks the device, starts the process group for the
+    DeepSpeed backend, binds the local GPU, resolves ``dtype: auto`` and sets CPU threads.
+    """
+    import torch
+
+    device = tc.device if tc.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if tc.backend == "deepspeed":
+        _init_distributed(device)
+    rank, local_rank, world = _dist_info()
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("got 'cuda' but no CUDA device is visible; use --train.device cpu", "train.device")
+        torch.cuda.set_device(local_rank)
+    dtype = tc.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    return device, dtype, (rank, local_rank, world)
+
+
 def run(cfg: PretrainConfig) -> dict[str, Any]:
     """Train as ``cfg`` says; returns the final summary (also printed as the last line by :func:`main`)."""
     import numpy as np
@@ -277,20 +301,8 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
 
     tc = cfg.train
     use_ds = tc.backend == "deepspeed"
-    device = tc.device if tc.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if use_ds:
-        _init_distributed(device)
-    rank, local_rank, world = _dist_info()
+    device, dtype, (rank, local_rank, world) = setup_runtime(tc)
     master = rank == 0
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("got 'cuda' but no CUDA device is visible; use --train.device cpu", "train.device")
-        torch.cuda.set_device(local_rank)
-    dtype = tc.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
     out_dir = Path(tc.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     resume_from = ckpt.resolve_resume(tc.resume, out_dir)
