@@ -363,7 +363,9 @@ class Server:
                     if moderator is not None and moderator.stopped:
                         reason = "content_filter"
                         break
-                budget = req.max_tokens - n_tokens
+                # Each remaining section gets an equal share of what is left, so a two-sided answer always
+                # shows both sides even when the model never ends the first one on its own.
+                budget = (req.max_tokens - n_tokens) // (len(sections) - j)
                 if budget < 1:
                     reason = "length"
                     break

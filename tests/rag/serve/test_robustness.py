@@ -55,7 +55,8 @@ def test_queue_full_503_and_disconnect_frees_the_slot(serve_files):
 
 
 def test_timeout_ends_the_stream_cleanly(serve_files):
-    srv = _server(serve_files, request_timeout_s=0.3)
+    # 0.05 s: far less than 256 tokens take even on an idle machine (the tiny model makes ~1 ms/token)
+    srv = _server(serve_files, request_timeout_s=0.05)
     try:
         with httpx.stream("POST", srv.url + "/v1/chat/completions", json={**LONG, "max_tokens": 256}, headers=H,
                           timeout=30) as resp:
