@@ -6,8 +6,10 @@ as ``" (B)"``. An item is correct when the best-scoring correct option has a hig
 than every incorrect one (ties count as wrong). Also reported: the mean normalised probability
 mass on the correct options (``p_correct``), as the paper's calibration plots use.
 
-Scorers: ``--model`` (HF causal LM folder) or ``--url`` + ``--api-model`` (OpenAI-compatible
-``/completions`` with echo/logprobs); see :mod:`evals.scorers`.
+Scorers: ``--model`` (an HF causal LM folder, or an OpenAI-compatible base URL such as
+``http://127.0.0.1:8000/v1`` whose ``/completions`` supports echo/logprobs, ``wandao serve``
+included), or ``--url`` + ``--api-model``; without ``--api-model`` an endpoint's only served model
+is used. See :mod:`align.feedback` (re-exported by :mod:`evals.scorers`).
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ logger = logging.getLogger(__name__)
 HEADLINE = ("accuracy",)
 WORST = ("margin", True)
 WORST_COLUMNS = ("id", "correct", "margin", "p_correct")
-EXAMPLE = "wandao eval feedback-mc --model runs/sft/final --dataset constitutional-ai --limit 100 --json"
+EXAMPLE = ("wandao eval feedback-mc --model runs/sft/final --dataset constitutional-ai --limit 100 --json\n"
+           "  wandao eval feedback-mc --model http://127.0.0.1:8000/v1 --files HarmfulVsEthical --limit 20 --json")
 
 
 @dataclass
 class Config:
-    model: str | None = field(default=None, metadata={"help": "HF causal LM folder (or hub id)"})
+    model: str | None = field(default=None, metadata={
+        "help": "HF causal LM folder (or hub id), or an OpenAI-compatible base URL (http://HOST:PORT/v1)"})
     url: str | None = field(default=None, metadata={"help": "OpenAI-compatible base URL (instead of --model)"})
-    api_model: str | None = field(default=None, metadata={"help": "model name served at --url"})
+    api_model: str | None = field(default=None, metadata={
+        "help": "model name served at the endpoint (default: its only model, from GET /models)"})
     dataset: str = field(default="constitutional-ai",
                          metadata={"help": "registered name, folder of *.jsonl, or one .jsonl file"})
     files: tuple[str, ...] = field(default=(), metadata={"help": "only these eval files (stems), default all"})
@@ -42,8 +47,6 @@ class Config:
     def __post_init__(self) -> None:
         if bool(self.model) == bool(self.url):
             raise ValueError("feedback-mc needs --model PATH (HF causal LM) or --url BASE_URL --api-model NAME")
-        if self.url and not self.api_model:
-            raise ValueError("--url needs --api-model NAME")
         self.files = tuple(self.files)
 
 
@@ -86,12 +89,12 @@ def load_items(path: Path, limit: int | None = None) -> list[dict]:
 
 
 def make_scorer(cfg: Config):
-    from evals.scorers import HFCausalLM, OpenAICompletions
+    from evals.scorers import OpenAICompletions, make_scorer as build
 
-    if cfg.model:
-        return HFCausalLM(cfg.model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
-                          max_length=cfg.max_length)
-    return OpenAICompletions(cfg.url, cfg.api_model)
+    if cfg.url:
+        return OpenAICompletions(cfg.url, cfg.api_model)
+    return build(cfg.model, api_model=cfg.api_model, device=cfg.device, dtype=cfg.dtype,
+                 batch_size=cfg.batch_size, max_length=cfg.max_length)
 
 
 def score_items(items: list[dict], scorer) -> list[dict]:
