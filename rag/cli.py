@@ -1,4 +1,4 @@
-"""The rag package's commands: ``wandao augment sft|pretrain|rl|check|corpus``.
+"""The rag package's commands: ``wandao augment sft|pretrain|rl|check|corpus|cloze``.
 
 Each subcommand's flags map onto its config dataclass (``--config FILE.yaml`` first, flags
 override it); the dataclasses live beside the library functions they drive.
@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 COMMANDS = {
     "augment": ("rag.cli:augment_main",
-                "retrieval-augmented data: sft | pretrain | rl prompts | check (contamination) | corpus"),
+                "retrieval-augmented data: sft | pretrain | rl prompts | check (contamination) | corpus | cloze"),
     "serve": ("rag.serve.app:main", "OpenAI-compatible RAG server: streaming, citations, moderation, operator prompt"),
 }
 
@@ -25,6 +25,7 @@ CONFIGS = {
     "augment pretrain": "rag.augment_pretrain:PretrainAugmentConfig",
     "augment rl": "rag.augment:RLAugmentConfig",
     "augment check": "rag.contamination:CheckConfig",
+    "augment cloze": "rag.curriculum:ClozeConfig",
 }
 
 EPILOG = """examples:
@@ -35,6 +36,8 @@ EPILOG = """examples:
   wandao augment pretrain --inspect runs/rag/wiki-ralm
   wandao augment rl --index runs/rag/index --data hh-rlhf:helpful-base --template search-r1 -k 3 --out runs/rag/rl.jsonl
   wandao augment check --eval xquad-en:test --train runs/rag/sft.jsonl
+  wandao augment cloze --from xquad-en:train --from wikitext-2 --examples 50000 --out runs/rag/cloze.jsonl \\
+      --corpus-out runs/rag/cloze-corpus.jsonl
 """
 
 
@@ -62,7 +65,7 @@ def _text_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wandao augment", description=__doc__.splitlines()[0], epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="sub", metavar="{sft,pretrain,rl,check,corpus}")
+    sub = parser.add_subparsers(dest="sub", metavar="{sft,pretrain,rl,check,corpus,cloze}")
 
     sft = sub.add_parser("sft", help="retrieval-augmented SFT examples", epilog=EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,6 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     cor.add_argument("--from", dest="sources", action="append", required=False, metavar="NAME_OR_PATH",
                      help="xquad-en (or xquad-en:train/test) for paragraphs; any corpus name or file")
     cor.add_argument("--out", metavar="FILE.jsonl")
+
+    clz = sub.add_parser("cloze", help="synthetic cloze questions (SQuAD-style JSONL) from corpus paragraphs",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    clz.add_argument("--config", metavar="FILE.yaml")
+    clz.add_argument("--from", dest="sources", action="append", metavar="NAME_OR_PATH",
+                     help="xquad-en:train, wikitext-2, scifact, or a JSONL/text file (repeatable)")
+    clz.add_argument("--out", metavar="FILE.jsonl", help="output SQuAD-style JSONL")
+    clz.add_argument("--corpus-out", dest="corpus_out", metavar="FILE.jsonl", help="paragraphs used, for indexing")
+    clz.add_argument("--examples", type=int, help="questions to write")
+    clz.add_argument("--seed", type=int)
+    clz.add_argument("--drop-fraction", dest="drop_fraction", type=float, help="chance of dropping a question word")
+    clz.add_argument("--fronted-fraction", dest="fronted_fraction", type=float, help="share of wh-first questions")
+    clz.add_argument("--per-paragraph", dest="per_paragraph", type=int, help="most questions per paragraph")
     return parser
 
 
@@ -175,6 +191,13 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError("--out and at least one --from are required")
         n = write_corpus(args.sources, args.out)
         print(json.dumps({"documents": n, "out": args.out}))
+    elif args.sub == "cloze":
+        from rag.curriculum import ClozeConfig, run_cloze
+
+        cfg = _load(ClozeConfig, args)
+        if args.sources:
+            cfg.sources = list(args.sources)
+        print(json.dumps(run_cloze(cfg)))
     return 0
 
 
