@@ -70,7 +70,7 @@ def comparison_mask(ranks: torch.Tensor) -> torch.Tensor:
 
 
 def kwise_loss(rewards: torch.Tensor, ranks: torch.Tensor, margins: torch.Tensor | None = None,
-               reduction: str = "mean") -> torch.Tensor:
+               reduction: str = "mean", targets: torch.Tensor | None = None) -> torch.Tensor:
     """InstructGPT's K-wise ranking loss (Ouyang et al. 2022, eq. 1)::
 
         loss(θ) = -1/C(K,2) · E_{(x, y_w, y_l)} [ log σ(r(x, y_w) - r(x, y_l)) ]
@@ -82,10 +82,16 @@ def kwise_loss(rewards: torch.Tensor, ranks: torch.Tensor, margins: torch.Tensor
     once; the comparisons are a vectorised ``(B, K, K)`` difference. With ``margins`` the pair
     term is Llama 2's ``-log σ(r_w - r_l - m)``. At K=2 this is exactly :func:`pairwise_loss`.
 
+    With ``targets`` (soft labels, e.g. Constitutional AI's feedback-model probabilities, Bai et al.
+    2022 §4.1) the pair term is the cross-entropy of ``σ(r_w - r_l)`` against the probability ``p``
+    that ``y_w`` is preferred: ``-[p log σ(d) + (1 - p) log σ(-d)]``; ``p = 1`` is the hard label.
+
     Args:
         rewards: ``(B, K)`` rewards (padding positions are ignored).
         ranks: ``(B, K)`` integer ranks, lower is better, ``-1`` for padding; ties are skipped.
         margins: optional ``(B, K, K)``; ``margins[b, i, j]`` applies when ``i`` beats ``j``.
+        targets: optional ``(B, K, K)`` probabilities in [0, 1]; ``targets[b, i, j]`` is the soft label
+            of ``i`` over ``j`` (read where ``i`` is ranked above ``j``).
         reduction: ``mean`` (over batch elements that have at least one comparison), ``sum`` or ``none``.
 
     Raises:
@@ -96,6 +102,8 @@ def kwise_loss(rewards: torch.Tensor, ranks: torch.Tensor, margins: torch.Tensor
     if margins is not None:
         diff = diff - margins
     pair_loss = -F.logsigmoid(diff)
+    if targets is not None:
+        pair_loss = pair_loss + (1.0 - targets) * diff  # -[p log σ(d) + (1-p) log σ(-d)]; log σ(-d) = log σ(d) - d
     n_pairs = mask.sum(dim=(1, 2))  # (B,)
     if bool((n_pairs == 0).any()):
         raise ValueError("kwise_loss: a batch element has no comparison (fewer than two distinct ranks)")

@@ -13,7 +13,9 @@ Accepted input rows (JSONL, JSONL.gz, parquet or an HF dataset folder; first mat
   ``Assistant:`` is wrong for 17 of the 7,415 test pairs: their responses contain ``Human:`` or
   ``Assistant:`` turns of their own, so the two prompts would differ.) The HHH evaluations of
   Askell et al. 2021 (``text_correct``/``text_incorrect``) are read the same way.
-- pairs: ``{"prompt": str, "chosen": str, "rejected": str, "strength": label|number}``;
+- pairs: ``{"prompt": str, "chosen": str, "rejected": str, "strength": label|number, "probability": p}``
+  where the optional ``probability`` in [0, 1] is a soft label, the probability that ``chosen`` is
+  preferred (Constitutional AI's feedback-model labels, ``wandao cai label``);
 - ranked: ``{"prompt": str, "responses": [str, …], "ranks": [int, …], "strengths": [[i, j, s], …]}``
   where ``ranks`` defaults to the listed order and ``strengths`` names comparisons by index
   (``i`` ranked above ``j``);
@@ -62,6 +64,7 @@ class PreferenceRow:
         history: earlier turns as ``(role, text)``.
         evidence: retrieved passages ``{"id", "title", "text"}`` rendered with the template.
         strengths: ``{(i, j): strength}`` for comparisons where response ``i`` beats ``j``.
+        probabilities: ``{(i, j): p}`` soft labels: the probability that ``i`` is preferred over ``j``.
         source, line: where the row came from (for error messages and grouping).
     """
 
@@ -74,6 +77,7 @@ class PreferenceRow:
     strengths: dict[tuple[int, int], str | float] = field(default_factory=dict)
     source: str = ""
     line: int = 0
+    probabilities: dict[tuple[int, int], float] = field(default_factory=dict)
 
     @property
     def k(self) -> int:
@@ -94,9 +98,10 @@ class PreferenceRow:
         out = []
         for i, j in self.comparisons():
             strength = {(0, 1): self.strengths[(i, j)]} if (i, j) in self.strengths else {}
+            prob = {(0, 1): self.probabilities[(i, j)]} if (i, j) in self.probabilities else {}
             out.append(PreferenceRow(f"{self.id}:{i}>{j}", self.question, [self.responses[i], self.responses[j]],
                                      [0, 1], list(self.history), list(self.evidence), strength, self.source,
-                                     self.line))
+                                     self.line, prob))
         return out
 
 
@@ -163,6 +168,7 @@ def row_from_record(record: dict, path: str | os.PathLike, line: int, row_id: st
     rid = row_id or next((str(record[k]) for k in ("id", "_id") if record.get(k) not in (None, "")),
                          f"{Path(str(path)).name}:{line}")
     strengths: dict[tuple[int, int], str | float] = {}
+    probabilities: dict[tuple[int, int], float] = {}
     if "text_correct" in record:  # Askell et al.'s HHH evaluations: their `prompt` is a multiple-choice wrapper
         hh_keys: tuple[str, str] | None = ("text_correct", "text_incorrect")
     elif "chosen" in record and "prompt" not in record and "question" not in record:
@@ -216,12 +222,18 @@ def row_from_record(record: dict, path: str | os.PathLike, line: int, row_id: st
             ranks = [0, 1]
             if record.get("strength") is not None:
                 strengths[(0, 1)] = _check_strength(record["strength"], path, line, "strength")
+            if record.get("probability") is not None:
+                p = record["probability"]
+                if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
+                    raise DataError(path, f"must be a number in [0, 1] (the probability that chosen is preferred), "
+                                          f"got {p!r}", line, field="probability")
+                probabilities[(0, 1)] = float(p)
         else:
             raise DataError(path, "no responses: expected chosen and rejected, or responses", line,
                             field="chosen")
     evidence = _read_evidence(record.get("evidence"), path, line)
     return PreferenceRow(rid, question, list(responses), list(ranks), history, evidence, strengths,
-                         str(path), line)
+                         str(path), line, probabilities)
 
 
 def _read_history(value, path, line: int) -> list[tuple[str, str]]:
@@ -356,6 +368,7 @@ def _merge_group(group: list[PreferenceRow]) -> PreferenceRow | None:
     index: dict[str, int] = {}
     beats: set[tuple[int, int]] = set()
     strengths: dict[tuple[int, int], str | float] = {}
+    probabilities: dict[tuple[int, int], float] = {}
     for r in group:
         ids = []
         for resp in r.responses:
@@ -370,6 +383,8 @@ def _merge_group(group: list[PreferenceRow]) -> PreferenceRow | None:
             beats.add((a, b))
             if (i, j) in r.strengths:
                 strengths[(a, b)] = r.strengths[(i, j)]
+            if (i, j) in r.probabilities:
+                probabilities[(a, b)] = r.probabilities[(i, j)]
     k = len(texts)
     if k < 3 or len(beats) != k * (k - 1) // 2:
         return None  # not every pair was compared: no total order to train K-wise on
@@ -381,7 +396,8 @@ def _merge_group(group: list[PreferenceRow]) -> PreferenceRow | None:
     first = group[0]
     return PreferenceRow(first.id + f"+{len(group) - 1}", first.question, [texts[i] for i in order],
                          list(range(k)), first.history, first.evidence,
-                         {(rank[a], rank[b]): s for (a, b), s in strengths.items()}, first.source, first.line)
+                         {(rank[a], rank[b]): s for (a, b), s in strengths.items()}, first.source, first.line,
+                         {(rank[a], rank[b]): p for (a, b), p in probabilities.items()})
 
 
 def expand_to_pairs(rows: Iterable[PreferenceRow]) -> list[PreferenceRow]:

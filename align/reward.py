@@ -482,6 +482,7 @@ class _Batches:
     ranks: list[list[int]]
     margins: list[dict[tuple[int, int], float]]
     pairs: list[int]  # comparisons per row
+    targets: list[dict[tuple[int, int], float]] = field(default_factory=list)  # soft labels per row (may be empty)
 
     def epoch(self, batch_size: int, rng: random.Random, group_by_length: bool) -> list[list[int]]:
         order = list(range(len(self.seqs)))
@@ -538,7 +539,8 @@ def prepare_rows(rows: Sequence["PreferenceRow"], cfg: RMConfig, tokenizer: Any)
 
                 raise DataError(r.source, str(err), r.line, field="strength") from None
         margins.append(m)
-    return _Batches(seqs, [list(r.ranks) for r in rows], margins, [len(r.comparisons()) for r in rows])
+    return _Batches(seqs, [list(r.ranks) for r in rows], margins, [len(r.comparisons()) for r in rows],
+                    [dict(r.probabilities) for r in rows])
 
 
 def batch_loss(model: Any, data: _Batches, batch: list[int], loss_cfg: LossSection, pad_id: int,
@@ -554,6 +556,9 @@ def batch_loss(model: Any, data: _Batches, batch: list[int], loss_cfg: LossSecti
     rewards = torch.zeros((len(batch), k_max), device=raw.device)
     ranks = torch.full((len(batch), k_max), -1, dtype=torch.long)
     margins = torch.zeros((len(batch), k_max, k_max)) if loss_cfg.margin != "none" else None
+    # soft labels (wandao cai label): p per comparison, 1 (the hard label) where a row gives none
+    soft = any(data.targets[i] for i in batch) if data.targets else False
+    targets = torch.ones((len(batch), k_max, k_max)) if soft else None
     pos = 0
     for b, i in enumerate(batch):
         k = len(data.seqs[i])
@@ -562,9 +567,13 @@ def batch_loss(model: Any, data: _Batches, batch: list[int], loss_cfg: LossSecti
         if margins is not None:
             for (a, c), m in data.margins[i].items():
                 margins[b, a, c] = m
+        if targets is not None:
+            for (a, c), p in data.targets[i].items():
+                targets[b, a, c] = p
         pos += k
     ranks = ranks.to(raw.device)
-    loss = kwise_loss(rewards, ranks, margins.to(raw.device) if margins is not None else None)
+    loss = kwise_loss(rewards, ranks, margins.to(raw.device) if margins is not None else None,
+                      targets=targets.to(raw.device) if targets is not None else None)
     if loss_cfg.l2 > 0:
         loss = loss + loss_cfg.l2 * reward_l2(rewards, ranks >= 0)
     tokens = torch.tensor(sum(len(s) for s in flat))

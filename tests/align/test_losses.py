@@ -136,3 +136,36 @@ def test_ece_hand_example():
     # a perfectly separated, confident RM: p ≈ 1 for every pair → items (1, 1) and (0, 0) → ECE ≈ 0
     assert expected_calibration_error([50.0] * 4, [0.0] * 4) == pytest.approx(0.0, abs=1e-12)
     assert math.isnan(expected_calibration_error([], []))
+
+
+def test_soft_label_loss_is_the_cross_entropy_of_sigmoid_against_p():
+    # rewards (1, 0) with p = 0.8 that the first is preferred; d = 1:
+    #   -[0.8 log σ(1) + 0.2 log σ(-1)] = 0.8 * 0.3132617 + 0.2 * 1.3132617 = 0.5132617  (= -log σ(d) + (1-p) d)
+    r = torch.tensor([[1.0, 0.0]])
+    ranks = torch.tensor([[0, 1]])
+    p = torch.tensor([[[1.0, 0.8], [1.0, 1.0]]])  # read at [0, 0, 1]: response 0 over response 1
+    assert kwise_loss(r, ranks, targets=p).item() == pytest.approx(0.5132617, abs=1e-6)
+    # p = 1 is the hard label; p = 0.5 is minimised at d = 0 (loss log 2 there)
+    assert kwise_loss(r, ranks, targets=torch.ones(1, 2, 2)).item() == pytest.approx(pairwise_loss(r[:, 0], r[:, 1]).item())
+    half = torch.full((1, 2, 2), 0.5)
+    assert kwise_loss(torch.zeros(1, 2), ranks, targets=half).item() == pytest.approx(math.log(2))
+    d = torch.tensor(0.3, requires_grad=True)
+    kwise_loss(torch.stack([d, torch.tensor(0.0)])[None], ranks, targets=half).backward()
+    assert d.grad.item() == pytest.approx(torch.sigmoid(torch.tensor(0.3)).item() - 0.5)  # σ(d) - p
+
+
+def test_soft_labels_are_read_from_pair_rows_and_survive_grouping(tmp_path):
+    from align.preference_data import group_rankings, row_from_record
+    from indexer.data import DataError
+
+    row = row_from_record({"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away.", "probability": 0.7}, "x.jsonl", 3)
+    assert row.probabilities == {(0, 1): 0.7} and row.pairs()[0].probabilities == {(0, 1): 0.7}
+    with pytest.raises(DataError, match=r"x\.jsonl.*line 4.*probability"):
+        row_from_record({"prompt": "Hi?", "chosen": "a", "rejected": "b", "probability": 1.5}, "x.jsonl", 4)
+    # three pairs of one prompt forming a total order a > b > c merge into one K=3 row, labels carried
+    recs = [("a", "b", 0.9), ("b", "c", 0.6), ("a", "c", 0.8)]
+    rows = [row_from_record({"prompt": "Q", "chosen": c, "rejected": r, "probability": p}, "x.jsonl", n)
+            for n, (c, r, p) in enumerate(recs, 1)]
+    merged, stats = group_rankings(rows)
+    assert stats["groups_merged"] == 1 and merged[0].responses == ["a", "b", "c"]
+    assert merged[0].probabilities == {(0, 1): 0.9, (1, 2): 0.6, (0, 2): 0.8}
