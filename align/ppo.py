@@ -39,7 +39,27 @@ head, optimizer, EMA, KL controller, reward moments, RNG), ``model/`` (final pol
 ``steps`` (``*_start``: the first step's rollouts; ``*_end``: the mean of the last
 ``train.end_window`` steps).
 
-Plain torch only: the DeepSpeed ZeRO 2/3 path of :mod:`pretrain.train` is not wired in here.
+Backends: plain torch (``train.backend torch``), or DeepSpeed ZeRO 0-3 (``train.backend deepspeed``,
+``deepspeed.zero_stage``, ``deepspeed.offload_optimizer``, ``deepspeed.extra``) through
+:mod:`pretrain.train`'s engine wrapper and checkpoint writer (the same ones pretrain and SFT use);
+one process on CPU (gloo) without a launcher, or ``deepspeed``/``torchrun`` for several ranks.
+Under DeepSpeed:
+
+- the actor-critic is the engine's module; an optimizer step is one minibatch (DeepSpeed's
+  micro-batch = ``ppo.minibatch_size``, no accumulation), clipped by DeepSpeed at ``optim.grad_clip``;
+- **ZeRO-3 generation**: every forward of a ZeRO-3 module all-gathers its shards, so token-by-token
+  decoding gathers the model once per token, and ranks whose responses stop at different lengths
+  wait on each other (the hang of TRL#1051/#1618). The rollout therefore runs on the module with
+  its parameters gathered once and ZeRO's hooks removed (:func:`unwrapped_for_generation`, as TRL's
+  ``unwrap_model_for_generation``); scoring and the update go through the engine;
+- the frozen reference has no optimizer: a plain module on every rank (cast to bf16 with the policy);
+- the EMA of the actor is kept per rank for its own ZeRO-3 shard (no gathers), and swapped into the
+  shards to save ``model-ema/``;
+- each rank draws its own prompts and samples (rank 0 draws the single-process run's); rank 0 logs
+  its own rollouts' metrics; checkpoints hold DeepSpeed's sharded states under ``deepspeed/`` plus
+  the gathered HF policy, and resume through the engine (``trainer_state_rank<r>.pt`` per rank).
+
+On one rank, ZeRO-2 and ZeRO-3 reproduce the plain-torch losses (tests/align/test_ppo.py).
 """
 
 from __future__ import annotations
@@ -53,12 +73,14 @@ import random
 import sys
 import threading
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
 
 from pretrain.config import Config, ConfigError, check_choice, check_range
 from pretrain.optim import OptimConfig, ScheduleConfig
+from pretrain.train import DeepSpeedConfig
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +198,11 @@ class TrainSection(Config):
     steps: int = field(default=100, metadata={"help": "PPO steps (rollout + update)"})
     seed: int = field(default=1234, metadata={"help": "seed of prompts, sampling and minibatches"})
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"help": "auto picks cuda if present"})
+    dtype: Literal["auto", "float32", "bfloat16"] = field(default="auto", metadata={
+        "help": "bfloat16: DeepSpeed's bf16 (deepspeed backend) or autocast (torch backend), CUDA only; "
+                "auto = bfloat16 on GPUs that support it, float32 on CPU"})
+    backend: Literal["torch", "deepspeed"] = field(default="torch", metadata={
+        "help": "plain torch, or DeepSpeed ZeRO (stage in deepspeed.zero_stage) through pretrain.train's engine"})
     num_threads: Optional[int] = field(default=None, metadata={"help": "torch.set_num_threads (CPU)"})
     log_interval: int = field(default=1, metadata={"help": "log a line every this many steps"})
     save_interval: int = field(default=0, metadata={"help": "checkpoint every this many steps (0: at the end only)"})
@@ -192,6 +219,7 @@ class TrainSection(Config):
         check_range("save_interval", self.save_interval, 0)
         check_range("step_timeout_s", self.step_timeout_s, 0.0, low_inclusive=False)
         check_range("end_window", self.end_window, 1)
+        check_range("num_threads", self.num_threads, 1)
 
 
 @dataclass
@@ -221,6 +249,8 @@ class PPOConfig(Config):
     schedule: ScheduleConfig = field(default_factory=_ppo_schedule, metadata={"help": "learning-rate schedule"})
     train: TrainSection = field(default_factory=TrainSection, metadata={"help": "loop, checkpoints, timeouts"})
     expect: ExpectSection = field(default_factory=ExpectSection, metadata={"help": "expected ranges (reference runs)"})
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig, metadata={
+        "help": "DeepSpeed backend (train.backend deepspeed): ZeRO stage, offload, extra keys"})
 
     def __post_init__(self) -> None:
         if self.ppo.minibatch_size > self.rollout.batch_size:
@@ -232,6 +262,8 @@ EPILOG = """examples:
   wandao ppo --config configs/ppo/reference.yaml
   wandao ppo --config configs/ppo/reference.yaml --out runs/ppo/ref2 --train.steps 20
   wandao ppo --config configs/ppo/xquad-rm-attribution.yaml --ppo.kl_adaptive true
+  wandao ppo --config configs/ppo/reference.yaml --train.backend deepspeed --deepspeed.zero_stage 3
+  deepspeed --num_gpus 2 $(which wandao) ppo --config configs/ppo/reference.yaml --train.backend deepspeed
 """
 
 
@@ -315,6 +347,49 @@ def _load_hf(path: str | os.PathLike, device: str):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(path)).to(device)
+
+
+# ---------------------------------------------------------------------------------------- DeepSpeed
+
+
+@contextmanager
+def gathered(params: Sequence[Any], zero3: bool):
+    """Under ZeRO-3, every rank holds the full ``params`` inside the block (read-only: changes are not
+    written back); otherwise a no-op."""
+    if not zero3:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(params), modifier_rank=None):
+        yield
+
+
+@contextmanager
+def unwrapped_for_generation(engine: Any, zero3: bool):
+    """Make the engine's module a plain module with full parameters for the rollout (ZeRO-3).
+
+    Under ZeRO-3 each parameter lives in shards and the module's hooks all-gather it at every
+    forward: token-by-token decoding would gather the whole model once per token, and ranks whose
+    responses end at different lengths would wait on each other's gathers forever (the hang of
+    TRL#1051/#1618). So gather once, drop the hooks for the rollout and put them back after it (the
+    fix TRL's ``unwrap_model_for_generation`` and DeepSpeed-Chat's hybrid engine apply). ZeRO-0/1/2
+    keep full parameters on every rank: nothing to do.
+    """
+    if not zero3:
+        yield
+        return
+    offload = engine.optimizer.parameter_offload  # DeepSpeedZeRoOffload: owns the ZeRO-3 module hooks
+    with gathered(engine.module.parameters(), True):
+        for param in offload.module.parameters(recurse=True):
+            param.ds_active_sub_modules.clear()
+        for hook in offload.forward_hooks + offload.backward_hooks:
+            hook.remove()
+        offload.forward_hooks, offload.backward_hooks = [], []
+        try:
+            yield
+        finally:
+            offload._register_deepspeed_module(offload.module)  # re-adds the hooks, invalidates the trace
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -473,7 +548,10 @@ def ppo_losses(model, batch: dict, old_logp, old_values, advantages, returns, cl
 
 
 def ptx_loss(model, tokens: "Any", rows: int, width: int, generator) -> Any:
-    """Mean next-token NLL on ``rows`` random windows of ``width + 1`` pretraining tokens."""
+    """Mean next-token NLL on ``rows`` random windows of ``width + 1`` pretraining tokens.
+
+    ``model`` is the actor-critic or its DeepSpeed engine (called as a whole, so ZeRO-3's hooks run).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -482,7 +560,7 @@ def ptx_loss(model, tokens: "Any", rows: int, width: int, generator) -> Any:
         raise ValueError(f"PPO-ptx data has {tokens.numel()} tokens; ppo.ptx_tokens={width} needs more")
     starts = torch.randint(0, n, (rows,), generator=generator)
     x = torch.stack([tokens[s:s + width + 1] for s in starts.tolist()]).to(next(model.parameters()).device)
-    logits = model.hf(input_ids=x[:, :-1]).logits
+    logits, _ = model(x[:, :-1], torch.ones_like(x[:, :-1]))
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), x[:, 1:].reshape(-1))
 
 
@@ -536,6 +614,7 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
     from pretrain.generate import GenerationConfig, context_length
     from pretrain.optim import LRSchedule, build_optimizer, clip_grad_norm, set_lr
     from pretrain.tokenizer import load_tokenizer
+    from pretrain.train import _autocast, _deepspeed_engine, _deepspeed_save, setup_runtime
 
     tc, pc, rc, dc = cfg.train, cfg.ppo, cfg.rollout, cfg.data
     if not cfg.policy.init_from:
@@ -544,13 +623,15 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
         raise ConfigError("is required: the prompts", "data.prompts")
     if not cfg.rewards:
         raise ConfigError("needs at least one reward source", "rewards")
-    device = tc.device if tc.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
+    use_ds = tc.backend == "deepspeed"
+    device, dtype, (rank, _, world) = setup_runtime(tc)  # starts the process group for deepspeed
+    master = rank == 0
+    zero3 = use_ds and cfg.deepspeed.zero_stage == 3
     out_dir = Path(tc.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     resume_from = ckpt.resolve_resume(tc.resume, out_dir)
-    cfg.save(out_dir)
+    if master:
+        cfg.save(out_dir)
     t_start = time.perf_counter()
 
     # -- prompts, policy, reference, critic, rewards
@@ -561,12 +642,16 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
         from rag.retriever import Retriever
 
         retriever = Retriever(os.path.expandvars(dc.index), retriever=dc.retriever)
-    if not (init_from / "config.json").exists():
+    if world > 1 and not master:  # rank 0 builds the tiny policy the others load
+        torch.distributed.barrier()
+    if master and not (init_from / "config.json").exists():
         if not cfg.policy.build_tiny:
             raise FileNotFoundError(f"{init_from}: not an HF model folder (no config.json); give a policy "
                                     "(wandao sft output) or set policy.build_tiny true")
         texts = [r["prompt"] for r in render_prompts(items, dc, retriever, None)]  # the vocabulary's characters
         build_tiny_policy(init_from, texts, cfg.policy.tiny_block_size, tc.seed)
+    if world > 1 and master:
+        torch.distributed.barrier()
     tokenizer = load_tokenizer(init_from)
     if tokenizer.eos_token_id is None:
         raise ConfigError(f"the tokenizer of {init_from} has no EOS token: responses need one to end", "policy.init_from")
@@ -576,7 +661,7 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
     ActorCritic = _actor_critic_class()
     model = ActorCritic(_load_hf(resume_from if resume_from is not None else init_from, device)).to(device)
     ref = _load_hf(os.path.expandvars(cfg.policy.reference) if cfg.policy.reference else init_from, device)
-    ref.eval().requires_grad_(False)
+    ref.eval().requires_grad_(False)  # frozen, no optimizer: a plain module on every rank, also under ZeRO-3
     ctx = context_length(model.hf) or 10**9
     max_prompt = dc.max_prompt_tokens or (ctx - rc.max_new_tokens)
     if max_prompt < 1 or max_prompt + rc.max_new_tokens > ctx:
@@ -588,10 +673,31 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
     if pc.ptx_coef > 0:
         ptx_tokens = torch.tensor(read_ptx_tokens(pc.ptx_data, tokenizer), dtype=torch.long)
 
-    # -- optimizer, EMA, controllers; resume
+    # -- optimizer, backend, EMA, controllers; resume
     optimizer = build_optimizer(model, cfg.optim, device)
     schedule = LRSchedule(cfg.optim.lr, cfg.schedule, tc.steps)
-    ema = [p.detach().clone() for p in model.hf.parameters()] if pc.ema_beta is not None else None
+    engine = None
+    if use_ds:
+        # one optimizer step per minibatch: DeepSpeed's micro-batch is the minibatch, no accumulation
+        engine = _deepspeed_engine(model, optimizer, cfg, device, dtype, micro_batch_size=pc.minibatch_size,
+                                   grad_accum_steps=1)
+        optimizer = engine.optimizer
+        if engine.bfloat16_enabled():  # the reference scores in the policy's precision
+            ref.to(torch.bfloat16)
+    # ZeRO-3 partitions a parameter unless it is under stage3_param_persistence_threshold elements; a
+    # partitioned one holds no data outside a forward (its shard is p.ds_tensor)
+    zero3_partitioned = sum(p.data.numel() == 0 for p in model.parameters()) if zero3 else None
+    if zero3 and master:
+        logger.info("ZeRO-3: %d of %d parameter tensors partitioned across %d rank(s)", zero3_partitioned,
+                    len(list(model.parameters())), world)
+    actor = engine if use_ds else model  # what forwards call: the engine runs ZeRO's hooks
+    ctx = _autocast(device, dtype) if not use_ds else nullcontext()
+
+    def ema_targets() -> list:
+        # Under ZeRO-3 each rank keeps the EMA of its own shard (ds_tensor): no gathers, memory sharded too.
+        return [p.ds_tensor for p in model.hf.parameters()] if zero3 else list(model.hf.parameters())
+
+    ema = [t.detach().clone() for t in ema_targets()] if pc.ema_beta is not None else None
     kl_ctl = (AdaptiveKLController(pc.kl_beta, pc.kl_target, pc.kl_horizon) if pc.kl_adaptive
               else FixedKLController(pc.kl_beta))
     moments = RunningMoments()
@@ -600,8 +706,14 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from)
         start_step = int(state["step"])
-        optimizer.load_state_dict(ckpt.load_optimizer_state(resume_from))
-        model.value_head.load_state_dict(state["value_head"])
+        if use_ds:  # the engine's checkpoint holds the module (value head included) and the optimizer
+            engine.load_checkpoint(str(resume_from / "deepspeed"), tag="state", load_lr_scheduler_states=False)
+            rank_state = resume_from / f"trainer_state_rank{rank}.pt"
+            if rank and rank_state.exists():  # ranks differ in their EMA shard and RNG
+                state = torch.load(rank_state, map_location="cpu", weights_only=False)
+        else:
+            optimizer.load_state_dict(ckpt.load_optimizer_state(resume_from))
+            model.value_head.load_state_dict(state["value_head"])
         if ema is not None and state.get("ema") is not None:
             for e, v in zip(ema, state["ema"]):
                 e.copy_(v)
@@ -610,17 +722,23 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
         history = list(state["history"])
         ckpt.set_rng_state(state["rng"])
         logger.info("resumed from %s at step %d", resume_from, start_step)
-    metrics = metrics_lib.MetricsLogger(out_dir, False, start_step + 1 if resume_from else None)
+    metrics = metrics_lib.MetricsLogger(out_dir, False, start_step + 1 if resume_from else None, enabled=master)
     samples = out_dir / "rollouts.jsonl"
-    if samples.exists():  # keep only the steps before the one this run starts at
+    if master and samples.exists():  # keep only the steps before the one this run starts at
         kept = [x for x in samples.read_text(encoding="utf-8").splitlines() if x and json.loads(x)["step"] <= start_step]
         samples.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
 
     def save(step: int) -> Path:
-        trainer_state = {"step": step, "value_head": model.value_head.state_dict(), "ema": ema,
+        with gathered(model.value_head.parameters(), zero3):
+            value_head = {k: v.detach().clone() for k, v in model.value_head.state_dict().items()}
+        trainer_state = {"step": step, "value_head": value_head, "ema": ema,
                          "kl_ctl": kl_ctl.state_dict(), "moments": moments.state_dict(), "history": history,
                          "rng": ckpt.rng_state()}
         readable = {k: history[-1].get(k) for k in ("reward", "kl")} if history else {}
+        if use_ds:  # every rank writes its shards; rank 0 the HF policy (gathered under ZeRO-3)
+            _deepspeed_save(engine, model, out_dir, step, trainer_state, readable, tokenizer, cfg, rank, world,
+                            save_model=lambda d: model.hf.save_pretrained(str(d)))
+            return out_dir / ckpt.step_dir_name(step)
         return ckpt.save_checkpoint(out_dir, step, lambda p: model.hf.save_pretrained(str(p)), optimizer.state_dict(),
                                     trainer_state, readable, tokenizer, cfg, tc.keep_checkpoints)
 
@@ -634,7 +752,8 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
         set_lr(optimizer, lr)
 
         # -- 1. prompts: a step-seeded draw; evidence retrieved and rendered now
-        rng = random.Random(tc.seed * 1_000_003 + step)
+        seed = tc.seed + 10_007 * rank  # each rank its own prompts and samples (rank 0: the single-process run's)
+        rng = random.Random(seed * 1_000_003 + step)
         batch_items = [items[rng.randrange(len(items))] for _ in range(rc.batch_size)]
         prompts = call_with_timeout(lambda: render_prompts(batch_items, dc, retriever, tokenizer), tc.step_timeout_s,
                                     "retrieval")
@@ -643,9 +762,10 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
 
         # -- 2. rollout (no grad: decode_steps runs under inference_mode)
         model.eval()
-        gcfg = GenerationConfig(**{**gen_base.__dict__, "seed": tc.seed * 7919 + step})
-        gens = call_with_timeout(lambda: sample(model.hf, tokenizer, prompt_ids, gcfg), tc.step_timeout_s,
-                                 "generation")
+        gcfg = GenerationConfig(**{**gen_base.__dict__, "seed": seed * 7919 + step})
+        with unwrapped_for_generation(engine, zero3):  # sampling runs in its own thread: no autocast
+            gens = call_with_timeout(lambda: sample(model.hf, tokenizer, prompt_ids, gcfg), tc.step_timeout_s,
+                                     "generation")
         actions, rows, ended = [], [], []
         for p, g in zip(prompts, gens):
             ended.append(g.finish_reason == "stop")
@@ -671,8 +791,8 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
         batch = make_batch([prompt_ids[i] for i in keep], [actions[i] for i in keep], pad_id, device)
         scores = scores[keep].to(device)
         mask = batch["action_mask"]
-        with torch.no_grad():
-            old_logp, old_values, _ = forward_scores(model, batch)
+        with torch.no_grad(), ctx:
+            old_logp, old_values, _ = forward_scores(actor, batch)
             ref_logits = ref(input_ids=batch["ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
             ref_logp = token_logprobs(ref_logits, batch["targets"])
             # -- 5. per-token KL-penalised rewards, GAE, advantage whitening
@@ -695,16 +815,23 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
             for s in range(0, n, mb):
                 idx = torch.tensor(order[s:s + mb], device=device)
                 sub = {k: v[idx] for k, v in batch.items()}
-                loss, stats = ppo_losses(model, sub, old_logp[idx], old_values[idx], advantages[idx], returns[idx],
-                                         pc.clip, pc.vf_clip, pc.vf_coef)
-                ptx = ptx_loss(model, ptx_tokens, pc.ptx_batch_size, pc.ptx_tokens, gen) if ptx_tokens is not None else None
-                loss = ptx_mix(loss, ptx, pc.ptx_coef)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = clip_grad_norm(model.parameters(), cfg.optim.grad_clip) if cfg.optim.grad_clip > 0 else None
-                optimizer.step()
+                with ctx:
+                    loss, stats = ppo_losses(actor, sub, old_logp[idx], old_values[idx], advantages[idx],
+                                             returns[idx], pc.clip, pc.vf_clip, pc.vf_coef)
+                    ptx = (ptx_loss(actor, ptx_tokens, pc.ptx_batch_size, pc.ptx_tokens, gen)
+                           if ptx_tokens is not None else None)
+                    loss = ptx_mix(loss, ptx, pc.ptx_coef)
+                if use_ds:
+                    engine.backward(loss)
+                    engine.step()  # clips (gradient_clipping = optim.grad_clip), steps, zeroes the gradients
+                    gnorm = engine.get_global_grad_norm() if cfg.optim.grad_clip > 0 else None
+                else:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    gnorm = clip_grad_norm(model.parameters(), cfg.optim.grad_clip) if cfg.optim.grad_clip > 0 else None
+                    optimizer.step()
                 if ema is not None:
-                    ema_update(ema, model.hf.parameters(), pc.ema_beta)
+                    ema_update(ema, ema_targets(), pc.ema_beta)
                 # sync point: .item() once per minibatch on a handful of scalars (tiny next to the forward)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
@@ -727,14 +854,14 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
                "lr": lr, "episodes": rc.batch_size, "seconds": time.perf_counter() - t0}
         rec["episodes_per_s"] = rc.batch_size / rec["seconds"]
         history.append({"step": step, "reward": rec["reward"], "kl": kl_mean})
-        with open(out_dir / "rollouts.jsonl", "a", encoding="utf-8") as f:  # a few samples per step, to read
-            for r, total in list(zip(rows, scores_list))[:2]:
+        with open(out_dir / "rollouts.jsonl", "a", encoding="utf-8") if master else nullcontext() as f:
+            for r, total in list(zip(rows, scores_list))[:2] if master else []:  # a few samples per step, to read
                 f.write(json.dumps({"step": step, "prompt_id": r.get("prompt_id"), "prompt": r["prompt"],
                                     "evidence_ids": r.get("evidence_ids"), "response": r["response"],
                                     "reward": total, **{f"reward/{k}": v[rows.index(r)] for k, v in parts.items()}})
                         + "\n")
         metrics.log(step, "train", **rec)
-        if step % tc.log_interval == 0 or step == tc.steps:
+        if master and (step % tc.log_interval == 0 or step == tc.steps):
             logger.info("step %d: reward %.4f kl %.3f entropy %.3f clipfrac %.3f value_err %.4f len %.1f eos %.2f "
                         "(%.1f episodes/s)", step, rec["reward"], kl_mean, rec.get("entropy", float("nan")),
                         rec.get("clipfrac", float("nan")), rec.get("value_error", float("nan")),
@@ -746,15 +873,20 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
     last = save(step) if step > start_step else ckpt.latest_checkpoint(out_dir)
     from align.sft import save_hf_folder
 
-    save_hf_folder(model.hf, tokenizer, out_dir / "model")
-    if ema is not None:
+    with gathered(model.hf.parameters(), zero3):
+        if master:
+            save_hf_folder(model.hf, tokenizer, out_dir / "model")
+    if ema is not None:  # swap the EMA in (under ZeRO-3: into the shards, then gather), save, swap back
         with torch.no_grad():
-            backup = [p.detach().clone() for p in model.hf.parameters()]
-            for p, e in zip(model.hf.parameters(), ema):
-                p.copy_(e)
-            save_hf_folder(model.hf, tokenizer, out_dir / "model-ema")
-            for p, b in zip(model.hf.parameters(), backup):
-                p.copy_(b)
+            targets = ema_targets()
+            backup = [t.detach().clone() for t in targets]
+            for t, e in zip(targets, ema):
+                t.copy_(e)
+            with gathered(model.hf.parameters(), zero3):
+                if master:
+                    save_hf_folder(model.hf, tokenizer, out_dir / "model-ema")
+            for t, b in zip(targets, backup):
+                t.copy_(b)
     window = history[-tc.end_window:]
     summary = {
         "reward_start": history[0]["reward"] if history else None,
@@ -764,6 +896,8 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
         "steps": step,
         "episodes": step * rc.batch_size,
         "beta_end": kl_ctl.beta,
+        "backend": tc.backend + (f"-zero{cfg.deepspeed.zero_stage}" if use_ds else ""),
+        **({"zero3_partitioned_params": zero3_partitioned} if zero3 else {}),
         "checkpoint": str(last) if last else None,
         "model_dir": str(out_dir / "model"),
         "seconds": round(time.perf_counter() - t_start, 1),
@@ -772,15 +906,17 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
     if exp.reward_end_min is not None or exp.kl_end_max is not None:
         summary["expect_ok"] = bool((exp.reward_end_min is None or summary["reward_end"] >= exp.reward_end_min)
                                     and (exp.kl_end_max is None or summary["kl_end"] <= exp.kl_end_max))
-    if tc.plot:
-        plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png")
-    metrics_lib.write_summary(out_dir, summary, title="wandao ppo run")
+    if master:
+        if tc.plot:
+            plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png")
+        metrics_lib.write_summary(out_dir, summary, title="wandao ppo run")
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     """``wandao ppo --config FILE.yaml [--out DIR] [--section.key value ...]``; the last stdout line is JSON."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [a for a in argv if not a.startswith("--local_rank")]  # the deepspeed launcher's flag (LOCAL_RANK says it)
     out = None
     for i, a in enumerate(argv):  # --out DIR is shorthand for --train.out_dir DIR
         if a == "--out" and i + 1 < len(argv):
@@ -807,7 +943,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError, StepTimeout, ValueError) as err:
         print(f"wandao ppo: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(summary), flush=True)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps(summary), flush=True)
     return 0
 
 

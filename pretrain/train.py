@@ -524,17 +524,24 @@ def _init_distributed(device: str) -> None:
         deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
 
 
-def _deepspeed_engine(model, optimizer, cfg: PretrainConfig, device: str, dtype: str):
-    """``deepspeed.initialize`` with a config built from ours (client optimizer: our AdamW/LAMB/...)."""
+def _deepspeed_engine(model, optimizer, cfg: PretrainConfig, device: str, dtype: str,
+                      micro_batch_size: Optional[int] = None, grad_accum_steps: Optional[int] = None):
+    """``deepspeed.initialize`` with a config built from ours (client optimizer: our AdamW/LAMB/...).
+
+    ``cfg`` needs ``train``, ``optim`` and ``deepspeed`` sections; a trainer whose train section has no
+    ``micro_batch_size``/``grad_accum_steps`` (PPO: one optimizer step per minibatch) passes them.
+    """
     import deepspeed
 
     tc = cfg.train
+    micro = micro_batch_size if micro_batch_size is not None else tc.micro_batch_size
+    accum = grad_accum_steps if grad_accum_steps is not None else tc.grad_accum_steps
     zero: dict[str, Any] = {"stage": cfg.deepspeed.zero_stage}
     if cfg.deepspeed.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu"}
     ds_config: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": tc.micro_batch_size,
-        "gradient_accumulation_steps": tc.grad_accum_steps,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accum,
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": device == "cuda" and dtype == "bfloat16"},
@@ -550,8 +557,15 @@ def _deepspeed_engine(model, optimizer, cfg: PretrainConfig, device: str, dtype:
 
 
 def _deepspeed_save(engine, model, out_dir: Path, step: int, trainer_state: dict, readable: dict, tokenizer,
-                    cfg: PretrainConfig, rank: int, world: int) -> None:
-    """All ranks write DeepSpeed's sharded states into one temporary folder; rank 0 adds the HF model and renames."""
+                    cfg: PretrainConfig, rank: int, world: int, save_model=None) -> None:
+    """All ranks write DeepSpeed's sharded states into one temporary folder; rank 0 adds the HF model and renames.
+
+    ``save_model(folder)`` writes the HF model (default: ``model.save_pretrained(folder, force=True)``);
+    under ZeRO-3 it runs with every parameter of ``model`` gathered.
+    """
+    if save_model is None:
+        def save_model(folder: Path) -> None:
+            model.save_pretrained(folder, force=True)
     import shutil
 
     import torch
@@ -571,9 +585,9 @@ def _deepspeed_save(engine, model, out_dir: Path, step: int, trainer_state: dict
 
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
             if rank == 0:
-                model.save_pretrained(tmp, force=True)
+                save_model(tmp)
     elif rank == 0:
-        model.save_pretrained(tmp / "_model", force=True)
+        save_model(tmp / "_model")
         for f in (tmp / "_model").iterdir():
             os.replace(f, tmp / f.name)
         (tmp / "_model").rmdir()
