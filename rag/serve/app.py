@@ -22,6 +22,17 @@ Wire format beyond OpenAI's (extra fields, which the ``openai`` client keeps):
   "content_filter"`` and a moderation event with ``stage: "input"`` (the model never runs); a
   stopped **answer** ends with the policy message, ``finish_reason: "content_filter"`` and an event.
 
+Legacy completions (``/v1/completions`` with ``echo`` or ``logprobs``, OpenAI's legacy semantics, as
+vLLM serves them): the prompt is the model's input verbatim (no operator section, template,
+retrieval or contested plan; input and output moderation still apply), only the request's own
+``stop`` strings stop it, and ``choices[0].logprobs`` holds ``tokens``, ``token_logprobs``,
+``top_logprobs`` (the ``logprobs`` most likely tokens plus the chosen one, by their text) and
+``text_offset`` (each token's start in ``choices[0].text``). ``echo: true`` puts the prompt in front
+of the completion, its first token with log-prob ``null``; ``max_tokens: 0`` is allowed with echo
+and scores the prompt only. Log-probs are the model's own distribution (before temperature, top-k
+and top-p). Not with ``stream: true``. This is what feedback models scored through an endpoint need
+(:class:`align.feedback.OpenAICompletions`).
+
 Errors (``{"error": {"message", "type", "code", "param"}}``): 400 malformed JSON / bad values /
 prompt too long / max_tokens over the limit, 401 missing or wrong bearer token, 404 unknown model,
 413 body over ``max_body_bytes``, 422 wrong field types, 503 queue full (``Retry-After``), 504
@@ -153,6 +164,13 @@ class ChatRequest:
     k: int
     model: str
     ignore_eos: bool = False
+    echo: bool = False
+    logprobs: int | None = None
+
+    @property
+    def legacy(self) -> bool:
+        """A legacy completion (echo or logprobs): the prompt is the model's input verbatim."""
+        return self.kind == "completion" and (self.echo or self.logprobs is not None)
 
 
 class Server:
@@ -237,9 +255,25 @@ class Server:
                                 "(GET /v1/models)", "model_not_found", "model")
         if body.get("n", 1) != 1:
             raise APIError(400, "only n=1 is supported", "unsupported", "n")
-        for unsupported in ("logprobs", "echo", "tools", "functions", "best_of"):
+        legacy_fields = ("tools", "functions", "best_of") + (("logprobs", "echo") if kind == "chat" else ())
+        for unsupported in legacy_fields:
             if body.get(unsupported):
                 raise APIError(400, f"'{unsupported}' is not supported by this server", "unsupported", unsupported)
+        echo, logprobs = False, None
+        if kind == "completion":
+            echo, logprobs = body.get("echo", False), body.get("logprobs")
+            if echo is None:
+                echo = False
+            if not isinstance(echo, bool):
+                raise APIError(422, "'echo' must be a boolean", "invalid_type", "echo")
+            if logprobs is not None:
+                if isinstance(logprobs, bool) or not isinstance(logprobs, int):
+                    raise APIError(422, "'logprobs' must be an integer (the number of top tokens)", "invalid_type",
+                                   "logprobs")
+                if not 0 <= logprobs <= 20:
+                    raise APIError(400, f"logprobs must be between 0 and 20, got {logprobs}", "invalid_value", "logprobs")
+            if (echo or logprobs is not None) and body.get("stream"):
+                raise APIError(400, "echo and logprobs are not supported with stream: true", "unsupported", "stream")
         if kind == "chat":
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
@@ -261,7 +295,9 @@ class Server:
                                "invalid_type" if "prompt" in body else "missing_field", "prompt")
             messages = [{"role": "user", "content": prompt}]
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or self.cfg.default_max_tokens
-        if not 1 <= max_tokens <= self.cfg.max_tokens_limit:
+        if echo and body.get("max_tokens") == 0:
+            max_tokens = 0  # score the prompt only (legacy echo)
+        elif not 1 <= max_tokens <= self.cfg.max_tokens_limit:
             raise APIError(400, f"max_tokens must be between 1 and {self.cfg.max_tokens_limit}, got {max_tokens}",
                            "max_tokens_out_of_range", "max_tokens")
         temperature = float(body["temperature"]) if body.get("temperature") is not None else self.cfg.temperature
@@ -280,8 +316,8 @@ class Server:
             raise APIError(400, "at most 4 stop strings", "invalid_value", "stop")
         return ChatRequest(kind, messages, bool(body.get("stream", False)), max_tokens, temperature, top_p,
                        body.get("top_k") or 0, body.get("seed"), stop,
-                       body.get("retrieval", True) and self.retriever is not None, k, model,
-                       bool(body.get("ignore_eos", False)))
+                       body.get("retrieval", True) and self.retriever is not None and not (echo or logprobs is not None),
+                       k, model, bool(body.get("ignore_eos", False)), echo, logprobs)
 
     # -- the pipeline --------------------------------------------------------------------------------
 
@@ -296,6 +332,8 @@ class Server:
             if event is not None:
                 return {"refusal": self.moderation.cfg.input_message, "events": [event.to_dict()], "passages": [],
                         "prompt_tokens": 0, "contested": None}
+        if req.legacy:
+            return self._prepare_legacy(req, user_text)
         question = message_text(req.messages[-1].get("content"), "m")
         passages: list[Passage] = []
         if req.retrieval and question.strip():
@@ -325,6 +363,84 @@ class Server:
                 "passages": assembled.passages,
                 "contested": {k: plan[k] for k in ("mode", "topic", "perspectives")} if plan else None}
 
+    def _prepare_legacy(self, req: ChatRequest, prompt: str) -> dict:
+        """A legacy completion's prompt: verbatim, checked against the context only."""
+        if req.echo and not prompt:
+            raise APIError(400, "echo needs a non-empty prompt", "invalid_value", "prompt")
+        n_prompt = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        limit = self.cfg.max_prompt_tokens
+        if self.context is not None:
+            limit = min(limit, self.context - req.max_tokens)
+        if n_prompt > limit:
+            raise APIError(400, f"the prompt takes {n_prompt} tokens; at most {limit} fit with max_tokens="
+                                f"{req.max_tokens} (model context: {self.context})", "context_length_exceeded", "prompt")
+        return {"refusal": None, "raw_prompt": prompt, "assembled": None, "plan": None, "prompt_tokens": n_prompt,
+                "events": [], "passages": [], "contested": None}
+
+    def legacy_logprobs(self, prompt: str, completion_ids: list[int], text: str, echo: bool, top_n: int) -> dict:
+        """OpenAI's legacy ``logprobs`` object for ``prompt`` + the generated ids, as one forward pass.
+
+        ``text`` is ``choices[0].text`` (the prompt in front when ``echo``); offsets index into it.
+        Generated tokens that start past the returned text (the tokens of a stop string) are left out.
+        """
+        import torch
+
+        enc = self.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=self.tokenizer.is_fast)
+        prompt_ids = list(enc["input_ids"])
+        context = prompt_ids
+        if not context:  # generation started from BOS (pretrain.generate.encode_prompts does the same)
+            bos = getattr(self.tokenizer, "bos_token_id", None)
+            context = [bos if bos is not None else self.tokenizer.eos_token_id]
+        ids = context + list(completion_ids)
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids], device=device)).logits[0]
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (T, V): row t predicts token t + 1
+
+        def piece(tid: int) -> str:
+            return self.tokenizer.decode([tid], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+        def entry(pos: int) -> tuple[float, dict]:  # the log-prob of ids[pos] and the top tokens before it
+            row = logp[pos - 1]
+            chosen = float(row[ids[pos]])
+            top: dict[str, float] = {}
+            if top_n:
+                values, idx = torch.topk(row, min(top_n, row.numel()))
+                top = {piece(int(i)): float(v) for v, i in zip(values.tolist(), idx.tolist())}
+            top.setdefault(piece(ids[pos]), chosen)
+            return chosen, top
+
+        tokens, token_lps, tops, offsets = [], [], [], []
+        if echo:
+            if "offset_mapping" in enc:
+                starts = [a for a, _ in enc["offset_mapping"]]
+            else:
+                starts, at = [], 0
+                for tid in prompt_ids:
+                    starts.append(at)
+                    at += len(piece(tid))
+            for j, tid in enumerate(prompt_ids):
+                tokens.append(piece(tid))
+                offsets.append(starts[j])
+                if j == 0:
+                    token_lps.append(None)  # nothing before the first token to condition on
+                    tops.append(None)
+                else:
+                    lp, top = entry(j)
+                    token_lps.append(lp)
+                    tops.append(top)
+        at = len(prompt) if echo else 0
+        for k, tid in enumerate(completion_ids):
+            if at >= len(text):
+                break
+            lp, top = entry(len(context) + k)
+            tokens.append(piece(tid))
+            token_lps.append(lp)
+            tops.append(top)
+            offsets.append(at)
+            at += len(tokens[-1])
+        return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
+
     async def run(self, req: ChatRequest, prep: dict, is_disconnected) -> AsyncIterator[tuple]:
         """Yield ``("delta", text)``, ``("event", dict)`` and finally ``("finish", reason, extra)``."""
         if prep["refusal"] is not None:
@@ -333,17 +449,23 @@ class Server:
             yield ("delta", prep["refusal"])
             yield ("finish", "content_filter", {"completion_tokens": 0})
             return
-        from pretrain.generate import GenerationConfig
+        from pretrain.generate import GenerationConfig, eos_ids
 
+        if req.max_tokens == 0:  # legacy echo that only scores the prompt
+            yield ("finish", "length", {"completion_tokens": 0, "token_ids": []})
+            return
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.cfg.request_timeout_s
         cancel = threading.Event()
         moderator = self.moderation.stream() if self.moderation is not None else None
         plan = prep["plan"]
         sections = plan["sections"] if plan else [""]
-        base_prompt = prep["assembled"].prompt
+        base_prompt = prep["raw_prompt"] if req.legacy else prep["assembled"].prompt
+        # a legacy completion stops only where the request says; a chat answer also at the next turn header
+        stops = list(req.stop) if req.legacy else self.stops + req.stop
         so_far = ""
         n_tokens = 0
+        token_ids: list[int] = []
         reason = "stop"
         timed_out = False
         completed = False
@@ -371,8 +493,9 @@ class Server:
                     break
                 gcfg = GenerationConfig(max_new_tokens=budget, temperature=req.temperature, top_k=req.top_k,
                                         top_p=req.top_p, seed=req.seed if req.seed is not None else 0,
-                                        stop=self.stops + req.stop + (["\n"] if len(sections) > 1 else []),
+                                        stop=stops + (["\n"] if len(sections) > 1 else []),
                                         eos_token_id=-1 if req.ignore_eos else None)
+                eos = eos_ids(self.model, self.tokenizer, gcfg)  # EOS ends a row and is not part of its text
                 queue: asyncio.Queue = asyncio.Queue()
 
                 def work(prompt=base_prompt + so_far, gcfg=gcfg):
@@ -407,6 +530,8 @@ class Server:
                         raise ev
                     if ev.token_id is not None:
                         n_tokens += 1
+                        if not (ev.finish_reason == "stop" and ev.token_id in eos):
+                            token_ids.append(ev.token_id)
                     so_far += ev.text
                     if ev.finish_reason:
                         finish = ev.finish_reason
@@ -438,7 +563,7 @@ class Server:
             if not completed:  # the client went away (or the response was closed under us)
                 self.cancelled += 1
         yield ("finish", reason, {"completion_tokens": n_tokens, "timeout": timed_out,
-                                  "held_max": moderator.held_max if moderator else 0})
+                                  "held_max": moderator.held_max if moderator else 0, "token_ids": token_ids})
 
     def _moderate(self, moderator, text: str | None) -> list[tuple]:
         """Pass generated text through the moderator; ``None`` flushes at the end."""
@@ -622,7 +747,16 @@ async def _complete(server: Server, req: ChatRequest, prep: dict, rid: str, crea
                   "finish_reason": reason}
         obj = "chat.completion"
     else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+        logprobs = None
+        if req.legacy and prep["refusal"] is None and reason != "content_filter":
+            if req.echo:
+                text = prep["raw_prompt"] + text
+            if req.logprobs is not None:
+                loop = asyncio.get_running_loop()
+                logprobs = await loop.run_in_executor(
+                    server.executor, server.legacy_logprobs, prep["raw_prompt"], info.get("token_ids", []), text,
+                    req.echo, req.logprobs)
+        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}
         obj = "text_completion"
     out = {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [choice], "usage": usage,
            "citations": server.citations(prep), "moderation_events": events}
