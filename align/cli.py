@@ -9,6 +9,7 @@ COMMANDS = {
     "sft": ("align.sft:main", "supervised fine-tuning with evidence; loss on response tokens only, packing, resume"),
     "iterate": ("align.iterate:main", "feedback-only loop: best-of-n sampling with evidence, select by RM/labels, SFT"),
     "ppo": ("align.ppo:main", "PPO with retrieval in the loop: KL-penalised reward, GAE, PPO-ptx, EMA, rule rewards"),
+    "cai": ("align.rlaif:main", "Constitutional AI: sl (critique/revision + SFT) | label (AI soft labels) | rl (PM + PPO)"),
 }
 
 # command -> config dataclass, so every YAML under configs/ can be loaded by the command its first line names.
@@ -17,4 +18,7 @@ CONFIGS = {
     "sft": "align.sft:SFTConfig",
     "iterate": "align.iterate:IterateConfig",
     "ppo": "align.ppo:PPOConfig",
+    "cai sl": "align.rlaif:SLConfig",
+    "cai label": "align.rlaif:LabelConfig",
+    "cai rl": "align.rlaif:RLConfig",
 }
