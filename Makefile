@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraint
 EXTRAS ?= lucene,es,deepspeed,serve,dev
 PYTEST_ARGS ?=
 
-.PHONY: install chromium demo test test-slow bench bench-bm25 bench-dense bench-augment bench-pretrain bench-rm bench-serve clean help
+.PHONY: install chromium demo test test-slow bench bench-bm25 bench-dense bench-augment bench-pretrain bench-rm bench-serve bench-ppo clean help
 
 help:
 	@echo "make demo   install what is missing, then run the end-to-end demo on \$$WANDAO_DATA_DIR"
@@ -41,7 +41,7 @@ test: install chromium
 test-slow: install
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
-bench: bench-bm25 bench-dense bench-augment bench-pretrain bench-rm bench-serve
+bench: bench-bm25 bench-dense bench-augment bench-pretrain bench-rm bench-serve bench-ppo
 	$(BIN)/python bench/collect.py
 
 bench-bm25: install
@@ -61,6 +61,11 @@ bench-rm: install
 
 bench-serve: install
 	$(BIN)/python bench/bench_serve.py
+
+# TRL removed PPOTrainer after 1.12.0 (huggingface/trl#7020): the baseline's TRL lives apart, in .venv/trl-ppo.
+bench-ppo: install
+	test -d $(VENV)/trl-ppo/trl || $(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --target $(VENV)/trl-ppo trl==1.12.0
+	$(BIN)/python bench/bench_ppo.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
