@@ -5,6 +5,9 @@ that ``AutoModelForSequenceClassification.from_pretrained(dir)`` loads the model
 
 - an encoder (default: the shipped all-MiniLM-L6-v2) reads the ``[CLS]`` position through the
   backbone's pooler and the head (``pooling: cls``, BERT's own sequence-classification layout);
+- an encoder with ``pooling: mean`` reads the masked mean of the last hidden states, as
+  sentence-transformers trained all-MiniLM-L6-v2 (:mod:`align.rm_heads`; the folder carries that
+  file, so transformers loads it with ``trust_remote_code=True``);
 - a causal LM (e.g. one trained with ``wandao pretrain``) reads the last non-pad token
   (``pooling: last``, the layout of ``GPT2ForSequenceClassification`` and friends).
 
@@ -71,9 +74,10 @@ def minilm_path() -> str:
 class ModelSection(Config):
     backbone: str = field(default=MINILM, metadata={
         "help": "HF model folder or hub id; 'minilm' is the shipped all-MiniLM-L6-v2"})
-    pooling: Literal["auto", "cls", "last"] = field(default="auto", metadata={
-        "help": "cls: [CLS] through the encoder's pooler (encoders); last: last non-pad token (causal LMs); "
-                "auto picks by the backbone's config"})
+    pooling: Literal["auto", "cls", "mean", "last"] = field(default="auto", metadata={
+        "help": "cls: [CLS] through the encoder's pooler (encoders); mean: masked mean of the last hidden states "
+                "(BERT-family encoders; how all-MiniLM-L6-v2 was trained); last: last non-pad token (causal LMs); "
+                "auto picks cls or last by the backbone's config"})
     dropout: Optional[float] = field(default=None, metadata={
         "help": "set the backbone's hidden/attention dropout (null keeps the backbone's)"})
 
@@ -234,7 +238,15 @@ def build_reward_model(cfg: ModelSection, seed: int = 1337) -> RewardModel:
         tokenizer.pad_token = tokenizer.eos_token
     hf_config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(seed)  # the new head's init
-    model = AutoModelForSequenceClassification.from_pretrained(path, config=hf_config)
+    if pooling == "mean":
+        if hf_config.model_type != "bert":
+            raise ConfigError(f"mean pooling supports BERT-family encoders (model_type bert), not "
+                              f"{hf_config.model_type}; use pooling cls or last", "model.pooling")
+        from align.rm_heads import BertMeanPoolingForSequenceClassification
+
+        model = BertMeanPoolingForSequenceClassification.from_pretrained(path, config=hf_config)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, config=hf_config)
     if pooling == "last" and not _is_causal(hf_config):
         raise ConfigError(f"{hf_config.model_type} is not a causal LM; use pooling cls", "model.pooling")
     if pooling == "cls" and _is_causal(hf_config):
@@ -250,7 +262,13 @@ def load_reward_model(model_dir: str | os.PathLike, device: str = "cpu") -> Rewa
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir}: not an RM folder (no config.json); train one with wandao rm train")
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).to(device)
+    saved = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    if (saved.get("wandao_rm") or {}).get("pooling") == "mean":
+        # Our own class, not the folder's copy of it: no trust_remote_code needed to load our own RMs.
+        from align.rm_heads import BertMeanPoolingForSequenceClassification as model_class
+    else:
+        model_class = AutoModelForSequenceClassification
+    model = model_class.from_pretrained(str(model_dir)).to(device)
     if model.config.num_labels != 1:
         raise ValueError(f"{model_dir}: a reward model has num_labels=1, this one has {model.config.num_labels}")
     model.eval()
@@ -710,6 +728,10 @@ def run(cfg: RMConfig) -> dict[str, Any]:
     # -- save the RM folder atomically
     model.config.wandao_rm = dict(rm.meta)
     model.config.architectures = [type(model).__name__]
+    if rm.meta["pooling"] == "mean":
+        # save_pretrained copies align/rm_heads.py into the folder and writes config.auto_map, so
+        # AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True) loads it.
+        type(model).register_for_auto_class("AutoModelForSequenceClassification")
     summary = {"out": str(out), "steps": steps_done, "planned_steps": max_steps, "rows": len(rows), "comparisons": n_pairs,
                "train_seconds": round(train_seconds, 1), "pairs_per_s": round(total_pairs / max(train_seconds, 1e-9), 2),
                "reward_offset": offset, "loss": cfg.loss.kind, "eval": final}

@@ -204,3 +204,49 @@ def test_rm_configs_load():
         command, named = config_command(path)
         assert command == "rm train" and (REPO / named).resolve() == path.resolve()
         assert load_config(RMConfig, path).data.template == "sparrow"
+
+
+def test_mean_pooling_head_averages_unpadded_states_and_reloads_in_transformers(tiny_bert, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "mean-rm"
+    cfg = _cfg(tiny_bert, out, max_steps=2)
+    cfg.model.pooling = "mean"
+    run(cfg)
+    rm = load_reward_model(out)
+    assert type(rm.model).__name__ == "BertMeanPoolingForSequenceClassification" and rm.meta["pooling"] == "mean"
+    assert not any(n.startswith("bert.pooler") for n, _ in rm.model.named_parameters())  # no [CLS] pooler
+    items = [("short", "yes"), ("a much longer prompt with many more words in it", "and a long answer too")]
+    ours = score(rm, items)
+    # by hand: the mean of the last hidden states over the real tokens of each sequence, then the linear head
+    seqs, _ = _row_sequences_of(rm, items)
+    expected = []
+    with torch.no_grad():
+        for seq in seqs:
+            hidden = rm.model.bert(input_ids=torch.tensor([seq])).last_hidden_state[0]  # (T, H), no padding
+            expected.append(float(rm.model.classifier(hidden.mean(dim=0))[0]) - rm.offset)
+    assert ours == pytest.approx(expected, abs=1e-5)
+    assert [float(score(rm, [it])[0]) for it in items] == pytest.approx(list(ours), abs=1e-5)  # padding excluded
+    # the folder carries the head's code: plain transformers loads it (trust_remote_code) with equal logits
+    assert (out / "rm_heads.py").exists()
+    hf = AutoModelForSequenceClassification.from_pretrained(str(out), trust_remote_code=True).eval()
+    from align.reward import _pad
+
+    ids, mask = _pad(seqs, rm.tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask).logits[:, 0].double().numpy() - rm.offset
+    assert ours == pytest.approx(theirs, abs=1e-5)
+
+
+def test_mean_pooling_rejects_a_causal_backbone(tiny_gpt2):
+    from pretrain.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.pooling"):
+        build_reward_model(RMConfig.from_dict({"model": {"backbone": tiny_gpt2, "pooling": "mean"}}).model)
+
+
+def _row_sequences_of(rm, items):
+    from align.preference_data import PreferenceRow
+    from align.reward import _row_sequences
+
+    return _row_sequences(rm, [PreferenceRow(str(n), p, [r], [0]) for n, (p, r) in enumerate(items)])
