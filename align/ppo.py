@@ -691,7 +691,8 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
         logger.info("ZeRO-3: %d of %d parameter tensors partitioned across %d rank(s)", zero3_partitioned,
                     len(list(model.parameters())), world)
     actor = engine if use_ds else model  # what forwards call: the engine runs ZeRO's hooks
-    ctx = _autocast(device, dtype) if not use_ds else nullcontext()
+    # bf16 autocast: torch backend on CUDA with train.dtype bfloat16 (DeepSpeed casts the module itself)
+    amp = _autocast(device, dtype) if not use_ds else nullcontext()
 
     def ema_targets() -> list:
         # Under ZeRO-3 each rank keeps the EMA of its own shard (ds_tensor): no gathers, memory sharded too.
@@ -791,7 +792,7 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
         batch = make_batch([prompt_ids[i] for i in keep], [actions[i] for i in keep], pad_id, device)
         scores = scores[keep].to(device)
         mask = batch["action_mask"]
-        with torch.no_grad(), ctx:
+        with torch.no_grad(), amp:
             old_logp, old_values, _ = forward_scores(actor, batch)
             ref_logits = ref(input_ids=batch["ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
             ref_logp = token_logprobs(ref_logits, batch["targets"])
@@ -815,7 +816,7 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
             for s in range(0, n, mb):
                 idx = torch.tensor(order[s:s + mb], device=device)
                 sub = {k: v[idx] for k, v in batch.items()}
-                with ctx:
+                with amp:
                     loss, stats = ppo_losses(actor, sub, old_logp[idx], old_values[idx], advantages[idx],
                                              returns[idx], pc.clip, pc.vf_clip, pc.vf_coef)
                     ptx = (ptx_loss(actor, ptx_tokens, pc.ptx_batch_size, pc.ptx_tokens, gen)
