@@ -104,6 +104,9 @@ class DataSection(Config):
     group_rankings: bool = field(default=True, metadata={
         "help": "merge pairs that share a prompt into K-wise ranked rows when they form a total order"})
     limit: Optional[int] = field(default=None, metadata={"help": "use at most this many rows per training source"})
+    train_weights: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "source -> weight: each epoch sees a source's rows this many times (2.0: twice; 0.5: a fixed "
+                "seeded half), to balance sources; unnamed sources weigh 1"})
     eval_limit: Optional[int] = field(default=None, metadata={"help": "evaluate at most this many rows per eval source"})
 
     def __post_init__(self) -> None:
@@ -115,6 +118,10 @@ class DataSection(Config):
                               "min_prompt_tokens")
         if not self.train:
             raise ConfigError("give at least one training source", "train")
+        for src, weight in self.train_weights.items():
+            if src not in self.train:
+                raise ConfigError(f"{src!r} is not a training source ({', '.join(self.train)})", "train_weights")
+            check_range(f"train_weights.{src}", weight, 0.0, low_inclusive=False)
 
 
 @dataclass
@@ -608,6 +615,16 @@ def _load_sources(sources: Sequence[str], split: str, test_fraction: float, limi
     return out
 
 
+def weight_rows(rows: Sequence["PreferenceRow"], weight: float, seed: int) -> list["PreferenceRow"]:
+    """``rows`` repeated ``int(weight)`` times, plus a fixed seeded sample of ``frac(weight) * len(rows)`` of them.
+
+    Example: weight 2.5 over 4 rows gives every row twice and 2 rows a third time (10 rows).
+    """
+    whole, frac = int(weight), weight - int(weight)
+    extra = random.Random(seed).sample(list(rows), round(frac * len(rows))) if frac > 0 else []
+    return list(rows) * whole + extra
+
+
 def run(cfg: RMConfig) -> dict[str, Any]:
     """Train an RM as ``cfg`` says and write the RM folder ``cfg.out``; returns the summary."""
     import numpy as np
@@ -630,7 +647,7 @@ def run(cfg: RMConfig) -> dict[str, Any]:
 
     # -- data: the train part of each source; K-wise rows where pairs share a prompt
     train_sets = _load_sources(cfg.data.train, cfg.data.train_split, cfg.data.test_fraction, cfg.data.limit)
-    rows = [r for rs in train_sets.values() for r in rs]
+    rows = [r for src, rs in train_sets.items() for r in weight_rows(rs, cfg.data.train_weights.get(src, 1.0), tc.seed)]
     group_stats = None
     if cfg.data.group_rankings:
         rows, group_stats = group_rankings(rows)

@@ -250,3 +250,20 @@ def _row_sequences_of(rm, items):
     from align.reward import _row_sequences
 
     return _row_sequences(rm, [PreferenceRow(str(n), p, [r], [0]) for n, (p, r) in enumerate(items)])
+
+
+def test_train_weights_repeat_and_subsample_a_source():
+    from align.preference_data import PreferenceRow
+    from align.reward import weight_rows
+    from pretrain.config import ConfigError
+
+    rows = [PreferenceRow(str(i), f"q{i}", ["a", "b"], [0, 1]) for i in range(4)]
+    ids = [r.id for r in weight_rows(rows, 2.5, seed=0)]
+    assert len(ids) == 10 and all(ids.count(str(i)) in (2, 3) for i in range(4))  # every row twice, 2 a third time
+    assert sum(ids.count(str(i)) == 3 for i in range(4)) == 2
+    assert ids == [r.id for r in weight_rows(rows, 2.5, seed=0)]  # fixed by the seed
+    assert len(weight_rows(rows, 0.5, seed=0)) == 2 and weight_rows(rows, 1.0, seed=0) == rows
+    with pytest.raises(ConfigError, match="train_weights"):
+        RMConfig.from_dict({"data": {"train": ["hh-rlhf:helpful-base"], "train_weights": {"hh-rlhf:harmless-base": 2.0}}})
+    with pytest.raises(ConfigError, match="train_weights"):
+        RMConfig.from_dict({"data": {"train": ["hh-rlhf:helpful-base"], "train_weights": {"hh-rlhf:helpful-base": 0.0}}})
