@@ -43,14 +43,15 @@ Three stages, each its own config and command, joined by files:
    :func:`align.reward.run`, then runs :func:`align.ppo.run` with that model as a reward source.
 
 The policy sees conversations in the rag template of SFT, RM and PPO (``policy.template``,
-default ``sparrow``: ``User: …\\nAssistant: ``); the critic and the feedback model see the paper's
-``Human:``/``Assistant:`` layouts above. The critic and the feedback model are any HF causal-LM
+default ``sparrow``: ``User: …\\nAssistant: ``; keep ``rm.data.template`` and ``ppo.data.template``
+the same); the critic and the feedback model see the paper's ``Human:``/``Assistant:`` layouts above. The critic and the feedback model are any HF causal-LM
 folder or an OpenAI-compatible endpoint (``http(s)://…/v1``, whose ``/completions`` answers
 ``echo``/``logprobs``; ``wandao serve`` does), through :mod:`align.feedback`.
 
-Every random choice (principles, few-shot order positions, samples) comes from an RNG seeded by
-the stage's seed and the item's id, so the same seed gives the same principles whatever the
-batching. The last stdout line of each command is JSON.
+The principles are drawn by an RNG seeded with the stage's seed and the item's id, so the same
+seed gives the same principles whatever the order and batching; sampling is seeded per batch (and
+per purpose: responses, critiques, revisions, rationales), so a rerun of a config repeats itself. The
+last stdout line of each command is JSON.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ class FeedbackSection(Config):
 
 
 def _constitution_default() -> str:
-    return "$WANDAO_DATA_DIR/constitutional-ai/prompts"
+    return "constitutional-ai"
 
 
 def _unset(value: str, section: Any, name: str) -> bool:
@@ -197,7 +198,7 @@ class SLConfig(Config):
 
     out_dir: str = field(default="runs/cai/sl", metadata={"help": "run folder: revisions.jsonl, sft/, summary"})
     constitution: str = field(default_factory=_constitution_default, metadata={
-        "help": "folder of the paper's prompts/*.json ($VARS expand)"})
+        "help": "folder of the paper's prompts/*.json, or constitutional-ai (the registered set's prompts/)"})
     policy: PolicySection = field(default_factory=PolicySection, metadata={"help": "the policy that answers"})
     prompts: PromptsSection = field(default_factory=PromptsSection, metadata={"help": "red-team prompts"})
     sample: SampleSection = field(default_factory=SampleSection, metadata={"help": "the initial responses"})
@@ -214,7 +215,7 @@ class LabelConfig(Config):
 
     out: str = field(default="runs/cai/labels.jsonl", metadata={"help": "preference rows (JSONL, written atomically)"})
     constitution: str = field(default_factory=_constitution_default, metadata={
-        "help": "folder of the paper's prompts/*.json ($VARS expand)"})
+        "help": "folder of the paper's prompts/*.json, or constitutional-ai (the registered set's prompts/)"})
     pairs: Optional[str] = field(default=None, metadata={
         "help": "read pairs instead of sampling: JSONL rows {prompt, responses: [a, b]} (or response_a/response_b)"})
     policy: PolicySection = field(default_factory=PolicySection, metadata={"help": "samples the two responses"})
@@ -264,11 +265,21 @@ class Constitution:
     cot_few_shot: list[str]  #: chain-of-thought examples with a ``{}`` slot for the principle, 6
 
 
+def constitution_folder(folder: str | os.PathLike) -> Path:
+    """An existing folder, or ``constitutional-ai``: the registered data set's ``prompts/`` under $WANDAO_DATA_DIR."""
+    path = Path(os.path.expandvars(os.path.expanduser(str(folder))))
+    if not path.exists() and str(folder) == "constitutional-ai":
+        from indexer.datasets import resolve
+
+        return resolve("constitutional-ai") / "prompts"
+    return path
+
+
 def load_constitution(folder: str | os.PathLike) -> Constitution:
     """Read the five JSON files; a missing file or a malformed entry names the file and the field."""
     from indexer.data import DataError
 
-    root = Path(os.path.expandvars(os.path.expanduser(str(folder))))
+    root = constitution_folder(folder)
 
     def read(name: str) -> Any:
         path = root / name
@@ -495,7 +506,7 @@ def _device(name: str) -> str:
 
 def _tiny_texts(constitution_dir: str, prompts: Sequence[dict]) -> list[str]:
     """Every character the tiny model's vocabulary needs: the constitution files and the red-team sets."""
-    root = Path(os.path.expandvars(os.path.expanduser(constitution_dir)))
+    root = constitution_folder(constitution_dir)
     texts = [p.read_text(encoding="utf-8") for p in sorted(root.glob("*.json"))]
     texts += [p["question"] for p in prompts]
     for src in ("advbench", "harmbench"):  # the registered red-team sets, whichever a later stage reads
@@ -773,12 +784,14 @@ def run_label(cfg: LabelConfig) -> dict:
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    cfg.save(out.parent, f"{out.stem}.config")  # beside the labels: what produced them
     p_as = [r["p_a"] for r in rows]
     summary = {"out": str(out), "rows": len(rows), "skipped_identical": skipped, "feedback": fm.name,
                "principles": fc.principles, "cot": fc.cot,
                "mean_confidence": sum(abs(p - 0.5) for p in p_as) / len(p_as),  # 0: undecided, 0.5: certain
                "first_preferred": sum(p > 0.5 for p in p_as) / len(p_as),  # position/sample-order bias check
                "truncated_inputs": getattr(fm, "truncated", 0), "seconds": round(time.perf_counter() - t0, 1)}
+    atomic_write_text(out.parent / f"{out.stem}.summary.json", json.dumps(summary, indent=2) + "\n")
     logger.info("wrote %d labelled pairs to %s", len(rows), out)
     return summary
 

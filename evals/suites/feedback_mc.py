@@ -46,7 +46,8 @@ class Config:
 
     def __post_init__(self) -> None:
         if bool(self.model) == bool(self.url):
-            raise ValueError("feedback-mc needs --model PATH (HF causal LM) or --url BASE_URL --api-model NAME")
+            raise ValueError("feedback-mc needs --model PATH_OR_BASE_URL (an HF causal LM folder or "
+                             "http://HOST:PORT/v1), or --url BASE_URL [--api-model NAME]")
         self.files = tuple(self.files)
 
 

@@ -227,6 +227,8 @@ def test_label_stage_rows_train_the_reward_model(tiny_policy, tiny_lm, constitut
     s = run_label(cfg)
     rows = [json.loads(x) for x in Path(cfg.out).read_text(encoding="utf-8").splitlines()]
     assert s["rows"] == len(rows) == 4 - s["skipped_identical"] and rows
+    assert json.loads((tmp_path / "labels.summary.json").read_text())["rows"] == len(rows)
+    assert (tmp_path / "labels.config.yaml").exists()
     for r in rows:
         assert len(r["principles"]) == 3 and r["p_a"] == pytest.approx(sum(r["per_principle"]) / 3)
         assert 0.5 <= r["probability"] <= 1.0
@@ -321,8 +323,30 @@ def test_endpoint_feedback_model_gives_the_hf_soft_labels(served, tiny_lm, const
     assert all(len(c["cot"]) == 2 and 0.4 <= c["p_a"] <= 0.6 for c in cot)
 
 
-def test_feedback_mc_eval_runs_against_the_endpoint(served, tiny_policy, tmp_path):
+@pytest.fixture(scope="module")
+def bpe_model(tmp_path_factory):
+    """A 2-layer GPT-2 with a byte-level BPE tokenizer trained here: tokens that span several characters."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("bpe-gpt2")
+    texts = ["The answer is: (A) (B) (C)", "Human: can you help me? Assistant: Sure, I can help.", "Choose: x y z"]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts * 10, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>",
+                                  eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(out)
+    return out
+
+
+def test_feedback_mc_eval_runs_against_the_endpoint(served, tiny_policy, bpe_model, tmp_path):
     import evals
+    from rag.serve.app import ServeConfig, create_app
+    from tests.rag.serve.conftest import LiveServer, free_port
 
     items = [{"prompt": "Human: hi\n\nThe answer is:", "corrects": [" (B)"], "incorrects": [" (A)"]},
              {"prompt": "Choose:\n (A) x\n (B) y\nThe answer is:", "corrects": [" (A)"], "incorrects": [" (B)"]}]
@@ -331,6 +355,18 @@ def test_feedback_mc_eval_runs_against_the_endpoint(served, tiny_policy, tmp_pat
     local = evals.run("feedback-mc", out=tmp_path / "hf", model=str(tiny_policy), dataset=str(path))
     remote = evals.run("feedback-mc", out=tmp_path / "ep", model=f"{served.url}/v1", dataset=str(path))
     assert remote.metrics["scorer"] == f"openai:tiny@{served.url}/v1"
+    for lo, re in zip(local.per_example, remote.per_example):
+        assert re["margin"] == pytest.approx(lo["margin"], abs=1e-4) and re["correct"] == lo["correct"]
+    # byte-level BPE: the server's text offsets find the option tokens (" (B)" starts with a space, so the
+    # joint tokenisation splits where the HF scorer's separate one does)
+    srv = LiveServer(create_app(ServeConfig(model=str(bpe_model), model_name="bpe", max_prompt_tokens=128,
+                                            max_tokens_limit=16, default_max_tokens=8, torch_threads=1)), free_port())
+    try:
+        local = evals.run("feedback-mc", out=tmp_path / "hf-bpe", model=str(bpe_model), dataset=str(path))
+        remote = evals.run("feedback-mc", out=tmp_path / "ep-bpe", model=f"{srv.url}/v1", api_model="bpe",
+                           dataset=str(path))
+    finally:
+        srv.stop()
     for lo, re in zip(local.per_example, remote.per_example):
         assert re["margin"] == pytest.approx(lo["margin"], abs=1e-4) and re["correct"] == lo["correct"]
 
@@ -353,7 +389,6 @@ def test_cai_help_lists_runnable_examples(capsys):
     assert main(["nope"]) == 2
 
 
-@pytest.mark.slow  # ~40 s on 2 cores: a preference model and two PPO steps
 def test_rl_stage_trains_the_pm_and_runs_ppo_against_it(tiny_policy, tmp_path):
     from align.rlaif import RLConfig, run_rl
 
