@@ -254,13 +254,28 @@ def grounded_eval(config: str, model_dir: str, dataset: str = "xquad-en:test", l
         att = evals.run("attribution", out=Path(tmp) / "att", input=str(cited), judge="lexical").metrics
     examples = [{"question": r["question"], "answer": o.text, "gold": golds.get(r["prompt_id"]), "attribution": s}
                 for o, r, s in list(zip(outs, rows, scores))[:8]]
-    return {"model": model_dir, "dataset": dataset, "questions": len(rows), "k": dc.k,
+    return {"ppo_run": ppo_run_summary(Path(model_dir).parent),"model": model_dir, "dataset": dataset, "questions": len(rows), "k": dc.k,
             "attribution": sum(scores) / len(scores), "attributed": sum(s >= 0.75 for s in scores) / len(scores),
             "citing": sum(bool(_CITATION.search(o.text)) for o in outs) / len(outs),
             "citation_rec": att.get("citation_rec"), "citation_prec": att.get("citation_prec"),
             "exact_match": qa["exact_match"], "f1": qa["f1"],
             "mean_answer_chars": sum(len(o.text) for o in outs) / len(outs),
             "generation_seconds": round(gen_s, 1), "examples": examples, "machine": machine()}
+
+
+def ppo_run_summary(run_dir: Path) -> dict | None:
+    """First-step and last-3-steps means of a ``wandao ppo`` run folder's rewards, KL, length, EOS rate."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return None
+    recs = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    recs = [r for r in recs if r.get("kind") == "train" and "reward" in r and "kl" in r]
+    if not recs:  # not a PPO run (e.g. the SFT folder the policy came from)
+        return None
+    keys = [k for k in recs[0] if k == "reward" or k.startswith("reward/")] + ["kl", "response_length", "eos_rate"]
+    end = recs[-3:]
+    return {"run": str(run_dir), "steps": recs[-1]["step"], "seconds": round(sum(r["seconds"] for r in recs), 1),
+            "start": {k: recs[0][k] for k in keys}, "end": {k: sum(r[k] for r in end) / len(end) for k in keys}}
 
 
 def grounded_section() -> list[str]:
@@ -285,10 +300,17 @@ def grounded_section() -> list[str]:
                                 ("citation_rec", "ALCE cit. recall", 1), ("citation_prec", "ALCE cit. precision", 1),
                                 ("exact_match", "EM", 2), ("f1", "F1", 2), ("mean_answer_chars", "answer chars", 1)]),
           "", f"Machine: {describe_machine(m)}.", ""]
-    run = OUT_DIR / "ppo-grounded-run.json"
-    if run.exists():
-        s = json.loads(run.read_text())
-        md += [s.get("markdown", ""), ""]
+    for r in rows:
+        ppo = r.get("ppo_run")
+        if not ppo:
+            continue
+        md += [f"PPO run behind '{r['name']}' ({ppo['run']}): {ppo['steps']} steps in {ppo['seconds']:.0f} s of steps; "
+               "first step → mean of the last 3 (training prompts, sampled at temperature 1):", "",
+               markdown_table([{"metric": k, "start": v, "end": ppo["end"][k]} for k, v in ppo["start"].items()],
+                              [("metric", "metric", 0), ("start", "step 1", 3), ("end", "last 3 steps", 3)]), ""]
+    notes = OUT_DIR / "ppo-grounded-notes.md"
+    if notes.exists():  # what the numbers mean, written by whoever ran it
+        md += [notes.read_text(encoding="utf-8").strip(), ""]
     return md
 
 
