@@ -505,9 +505,10 @@ def _device(name: str) -> str:
 
 
 def _tiny_texts(constitution_dir: str, prompts: Sequence[dict]) -> list[str]:
-    """Every character the tiny model's vocabulary needs: the constitution files and the red-team sets."""
+    """Every character the tiny model's vocabulary needs: the constitution files (and the paper's
+    multiple-choice evals beside them, for ``wandao eval feedback-mc``) and the red-team sets."""
     root = constitution_folder(constitution_dir)
-    texts = [p.read_text(encoding="utf-8") for p in sorted(root.glob("*.json"))]
+    texts = [p.read_text(encoding="utf-8") for p in sorted(root.glob("*.json")) + sorted(root.parent.glob("evals/*.jsonl"))]
     texts += [p["question"] for p in prompts]
     for src in ("advbench", "harmbench"):  # the registered red-team sets, whichever a later stage reads
         try:

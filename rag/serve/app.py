@@ -367,7 +367,11 @@ class Server:
         """A legacy completion's prompt: verbatim, checked against the context only."""
         if req.echo and not prompt:
             raise APIError(400, "echo needs a non-empty prompt", "invalid_value", "prompt")
-        n_prompt = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        try:
+            n_prompt = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        except Exception as err:  # tokenizers raises a plain Exception (a character outside a small vocabulary)
+            raise APIError(400, f"the model's tokenizer cannot encode the prompt: {err}", "invalid_prompt",
+                           "prompt") from None
         limit = self.cfg.max_prompt_tokens
         if self.context is not None:
             limit = min(limit, self.context - req.max_tokens)

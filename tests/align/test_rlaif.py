@@ -300,6 +300,8 @@ def test_server_answers_legacy_echo_and_logprobs(served, tiny_lm):
                                                     "logprobs": True})
     with pytest.raises(RuntimeError, match="400"):
         _post(f"{served.url}/v1/completions", {"model": "tiny", "prompt": "x", "echo": True, "stream": True})
+    with pytest.raises(RuntimeError, match="400.*cannot encode"):  # a character outside the tiny vocabulary
+        _post(f"{served.url}/v1/completions", {"model": "tiny", "prompt": "x\ue000", "echo": True, "max_tokens": 0})
 
 
 def test_endpoint_feedback_model_gives_the_hf_soft_labels(served, tiny_lm, constitution):
