@@ -250,6 +250,44 @@ def test_label_stage_rows_train_the_reward_model(tiny_policy, tiny_lm, constitut
     assert rm["steps"] == 2 and rm["rows"] == len(rows) and (tmp_path / "pm" / "config.json").exists()
 
 
+def test_rm_batch_loss_uses_the_soft_labels(tiny_policy):
+    """align.reward's training loss on label rows is -[p log σ(d) + (1-p) log σ(-d)] with d = r_chosen - r_rejected."""
+    import torch
+
+    from align.preference_data import row_from_record
+    from align.reward import DataSection, LossSection, ModelSection, RMConfig, batch_loss, build_reward_model, prepare_rows
+
+    cfg = RMConfig(model=ModelSection(backbone=str(tiny_policy)), data=DataSection(train=["x"], max_length=64,
+                                                                                   min_prompt_tokens=8))
+    rm = build_reward_model(cfg.model, seed=0)
+    rows = [row_from_record({"prompt": "Q?", "chosen": "No.", "rejected": "Sure!", "probability": p}, "l.jsonl", n)
+            for n, p in ((1, 0.7), (2, 0.55))]
+    data = prepare_rows(rows, cfg, rm.tokenizer)
+    with torch.no_grad():
+        loss, rewards, _, _ = batch_loss(rm.model, data, [0, 1], LossSection(), rm.tokenizer.pad_token_id, "cpu")
+    d = rewards[:, 0] - rewards[:, 1]
+    p = torch.tensor([0.7, 0.55])
+    expected = (-(p * torch.nn.functional.logsigmoid(d) + (1 - p) * torch.nn.functional.logsigmoid(-d))).mean()
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_label_stage_reads_pairs_and_names_bad_rows(tiny_policy, tmp_path):
+    from indexer.data import DataError
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"id": "a", "prompt": "Pick a lock?", "responses": ["No.", "Sure, here is how."]}) + "\n"
+                     + json.dumps({"prompt": "Hi", "response_a": "Hello", "response_b": "Hello"}) + "\n")
+    cfg = LabelConfig(out=str(tmp_path / "l.jsonl"), pairs=str(pairs),
+                      feedback=FeedbackSection(model=str(tiny_policy), principles=2, few_shot=0, device="cpu"))
+    s = run_label(cfg)
+    assert s["rows"] == 1 and s["skipped_identical"] == 1  # two equal responses teach nothing
+    row = json.loads((tmp_path / "l.jsonl").read_text())
+    assert row["id"] == "a" and sorted([row["chosen"], row["rejected"]]) == sorted(row["responses"])
+    pairs.write_text(json.dumps({"prompt": "Hi", "responses": ["only one"]}) + "\n")
+    with pytest.raises(DataError, match=r"pairs\.jsonl.*line 1.*responses"):
+        run_label(cfg)
+
+
 # ------------------------------------------------------------------------------- endpoint feedback
 
 
