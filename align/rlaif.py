@@ -46,7 +46,10 @@ The policy sees conversations in the rag template of SFT, RM and PPO (``policy.t
 default ``sparrow``: ``User: …\\nAssistant: ``; keep ``rm.data.template`` and ``ppo.data.template``
 the same); the critic and the feedback model see the paper's ``Human:``/``Assistant:`` layouts above. The critic and the feedback model are any HF causal-LM
 folder or an OpenAI-compatible endpoint (``http(s)://…/v1``, whose ``/completions`` answers
-``echo``/``logprobs``; ``wandao serve`` does), through :mod:`align.feedback`.
+``echo``/``logprobs``; ``wandao serve`` does, and its ``--max-prompt-tokens`` must hold the few-shot
+prompts: five examples are about 4,000 characters), through :mod:`align.feedback`. A local model
+keeps the last tokens of an over-long context (counted as ``truncated_inputs`` in the summary); an
+endpoint refuses it with HTTP 400.
 
 The principles are drawn by an RNG seeded with the stage's seed and the item's id, so the same
 seed gives the same principles whatever the order and batching; sampling is seeded per batch (and
@@ -634,6 +637,8 @@ def run_sl(cfg: SLConfig) -> dict:
         rows.append({"id": it["id"], "source": it["source"], "question": it["question"], "prompt": prompt,
                      "response": rev["final"], "evidence_ids": [], "initial_response": resp, "rounds": rev["rounds"]})
     usable = [r for r in rows if r["response"]]
+    if not usable:
+        raise RuntimeError("every final revision and response is empty: nothing to fine-tune on")
     revisions = out_dir / "revisions.jsonl"
     atomic_write_text(revisions, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in usable))
     empty = sum(1 for rev in reviewed for r in rev["rounds"] if not r["revision"])
@@ -644,8 +649,6 @@ def run_sl(cfg: SLConfig) -> dict:
         "revisions": str(revisions), "policy": str(policy_dir), "critic": critic.name,
     }
     logger.info("wrote %d revisions to %s (%d empty revisions kept the previous response)", len(usable), revisions, empty)
-    if not usable:
-        raise RuntimeError("every final revision and response is empty: nothing to fine-tune on")
     del policy, critic  # SFT loads its own copy to train
     if cfg.run_sft:
         sft_cfg = copy.deepcopy(cfg.sft)
