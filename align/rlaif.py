@@ -45,9 +45,10 @@ Three stages, each its own config and command, joined by files:
 The policy sees conversations in the rag template of SFT, RM and PPO (``policy.template``,
 default ``sparrow``: ``User: …\\nAssistant: ``; keep ``rm.data.template`` and ``ppo.data.template``
 the same); the critic and the feedback model see the paper's ``Human:``/``Assistant:`` layouts above.
-The critic and the feedback model are any HF causal-LM folder or an OpenAI-compatible endpoint (``http(s)://…/v1``, whose ``/completions`` answers
-``echo``/``logprobs``; ``wandao serve`` does, and its ``--max-prompt-tokens`` must hold the few-shot
-prompts: five examples are about 4,000 characters), through :mod:`align.feedback`. A local model
+The critic and the feedback model are any HF causal-LM folder or an OpenAI-compatible endpoint
+(``http(s)://…/v1``, whose ``/completions`` answers ``echo``/``logprobs``; ``wandao serve`` does,
+and its ``--max-prompt-tokens`` must hold the few-shot prompts: five examples are about 4,000
+characters), through :mod:`align.feedback`. A local model
 keeps the last tokens of an over-long context (counted as ``truncated_inputs`` in the summary); an
 endpoint refuses it with HTTP 400.
 
