@@ -15,7 +15,7 @@ Both trainers get:
 - the same prompts (XQuAD-train questions rendered with the sparrow template, no evidence, the same
   token ids), ``--batch`` episodes per PPO step, ``--response-length`` new tokens (sampled at
   temperature 1), ``--epochs`` PPO epochs over ``--minibatches`` minibatches (one optimizer step
-  each), AdamW at the same lr, fp32 on CPU, the torch default thread count.
+  each), AdamW at the same lr, fp32 on CPU, ``--threads`` torch threads each (1 by default).
 
 One difference is each design's own and stays: TRL's critic is a separate value model (a second
 copy of the backbone), wandao's a value head on the policy's trunk (see ``align.ppo``).
@@ -141,7 +141,7 @@ def worker_wandao(a: argparse.Namespace) -> dict:
             "rewards": [{"kind": "function", "path": "bench.bench_ppo:rm_reward"}],
             "optim": {"lr": a.lr, "weight_decay": 0.0, "grad_clip": 1.0},
             "train": {"out_dir": str(Path(tmp) / "run"), "steps": a.steps, "device": "cpu", "plot": False,
-                      "seed": a.seed},
+                      "seed": a.seed, "num_threads": a.threads or None},
         })
         summary = run(cfg)
         recs = [json.loads(x) for x in (Path(tmp) / "run/metrics.jsonl").read_text().splitlines() if x.strip()]
@@ -163,6 +163,8 @@ def worker_trl(a: argparse.Namespace) -> dict:
 
     if not trl.__version__.startswith(TRL_PPO_VERSION):
         raise RuntimeError(f"TRL {trl.__version__} at {trl.__file__}; the PPO baseline needs {TRL_PPO_VERSION} in {TRL_DIR}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
     tok = AutoTokenizer.from_pretrained(a.policy)
     tok.padding_side = "left"  # TRL's PPO generates from left-padded queries
     ctx = AutoModelForCausalLM.from_pretrained(a.policy).config.n_positions
@@ -308,7 +310,7 @@ def grounded_section() -> list[str]:
                "first step → mean of the last 3 (training prompts, sampled at temperature 1):", "",
                markdown_table([{"metric": k, "start": v, "end": ppo["end"][k]} for k, v in ppo["start"].items()],
                               [("metric", "metric", 0), ("start", "step 1", 3), ("end", "last 3 steps", 3)]), ""]
-    notes = OUT_DIR / "ppo-grounded-notes.md"
+    notes = OUT_DIR / "ppo-grounded-notes.txt"  # .txt: collect.py gathers every .md
     if notes.exists():  # what the numbers mean, written by whoever ran it
         md += [notes.read_text(encoding="utf-8").strip(), ""]
     return md
@@ -328,6 +330,9 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-prompts", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads in each trainer (0: torch's default); 1 by default because 2-thread runs on "
+                        "the shared 2-core machines swung 80x with other jobs' load (2026-12-05)")
     p.add_argument("--quick", action="store_true", help="1 round of 3 steps (smoke)")
     p.add_argument("--worker", choices=("wandao", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--policy", help=argparse.SUPPRESS)
@@ -375,7 +380,7 @@ def main() -> int:
         common = ["--policy", str(policy), "--rm", str(rm), "--batch", str(args.batch), "--response-length",
                   str(args.response_length), "--epochs", str(args.epochs), "--minibatches", str(args.minibatches),
                   "--steps", str(args.steps), "--lr", str(args.lr), "--seed", str(args.seed),
-                  "--n-prompts", str(args.n_prompts)]
+                  "--n-prompts", str(args.n_prompts), "--threads", str(args.threads)]
         for r in range(args.rounds):
             for name in ("wandao", "trl"):
                 res = run_worker([str(Path(__file__).resolve()), "--worker", name, *common], timeout=1800)
@@ -402,7 +407,8 @@ def main() -> int:
           f"The 'tiny' GPT (character tokenizer) as policy and frozen reference; a tiny GPT-2 sequence classifier as "
           f"reward model for both; XQuAD-train questions (sparrow template, no evidence) as prompts; {args.batch} "
           f"episodes per step, {args.response_length} new tokens sampled at temperature 1, {args.epochs} PPO epochs × "
-          f"{args.minibatches} minibatches (one optimizer step each), AdamW lr {args.lr}, clip 1.0, fp32 CPU. "
+          f"{args.minibatches} minibatches (one optimizer step each), AdamW lr {args.lr}, clip 1.0, fp32 CPU, "
+          f"{args.threads or 'torch default'} torch thread(s) each. "
           f"{args.steps} steps per round, the first untimed; best of {args.rounds} alternating rounds (load average "
           f"after each round: {loads}). TRL {TRL_PPO_VERSION} is the last release with PPOTrainer "
           "(removed by huggingface/trl#7020); its critic is a separate value model, wandao's a value head.", "",
