@@ -302,10 +302,12 @@ def grounded_section() -> list[str]:
                                 ("citation_rec", "ALCE cit. recall", 1), ("citation_prec", "ALCE cit. precision", 1),
                                 ("exact_match", "EM", 2), ("f1", "F1", 2), ("mean_answer_chars", "answer chars", 1)]),
           "", f"Machine: {describe_machine(m)}.", ""]
+    shown = set()
     for r in rows:
         ppo = r.get("ppo_run")
-        if not ppo:
+        if not ppo or ppo["run"] in shown:  # the policy and its EMA come from one run: one table
             continue
+        shown.add(ppo["run"])
         md += [f"PPO run behind '{r['name']}' ({ppo['run']}): {ppo['steps']} steps in {ppo['seconds']:.0f} s of steps; "
                "first step → mean of the last 3 (training prompts, sampled at temperature 1):", "",
                markdown_table([{"metric": k, "start": v, "end": ppo["end"][k]} for k, v in ppo["start"].items()],
