@@ -14,6 +14,9 @@ def qa_path(source: str | os.PathLike) -> Path:
     """Resolve a registered name (``xquad-en``), folder or file to a SQuAD-style file."""
     from indexer.datasets import resolve
 
+    name = str(source)
+    if ":" in name and not Path(name).exists():  # a split name: the file it is drawn from
+        return qa_path(name.split(":", 1)[0])
     path = resolve(source)
     if path.is_dir():
         found = sorted(path.glob("*.jsonl")) or sorted(path.glob("*.json"))
@@ -34,12 +37,32 @@ def _answers(obj: dict, path: Path, line: int | None) -> list[str]:
     return ans
 
 
+def _split_rows(name: str) -> list[dict] | None:
+    """Rows of a registered QA split (``xquad-en:test``), or None when ``name`` is not one."""
+    from rag.data import SPLITS
+
+    if name not in SPLITS or Path(name).exists():
+        return None
+    if not name.startswith("xquad-en:"):
+        raise DataError(name, "not a QA split: the qa suites read SQuAD-style splits (xquad-en:train|test|all)")
+    from rag.xquad import load_split
+
+    return [{"id": str(r["id"]), "question": r["question"], "answers": list(r["answers"]), "title": r["title"],
+             "context": r.get("context", "")} for r in load_split(name.split(":", 1)[1])]
+
+
 def load_qa(source: str | os.PathLike) -> list[dict]:
     """Read QA examples as ``{"id", "question", "answers", "title", "context"}``.
+
+    ``source`` is a registered split (``xquad-en:test``: rag's article-level split, the one the
+    contamination check and the training sets use), a registered name, a folder or a file.
 
     Raises:
         DataError: a missing id/question/answers field or a repeated id, naming file and line.
     """
+    split_rows = _split_rows(str(source))
+    if split_rows is not None:
+        return split_rows
     path = qa_path(source)
     rows: list[dict] = []
     if path.suffix == ".json":

@@ -42,3 +42,19 @@ def test_exactly_one_source_of_answers():
         Config(dataset="xquad-en")
     with pytest.raises(ValueError, match="exactly one of --predictions"):
         Config(dataset="xquad-en", predictions="p.jsonl", model="m")
+
+
+def test_split_names_score_exactly_the_rag_split(data_dir, tmp_path):
+    """`--dataset xquad-en:test` is rag's article-level split (244 questions), not the whole file."""
+    from evals.qa_data import load_qa
+    from rag.xquad import load_split
+
+    test_rows = load_split("test")
+    preds = tmp_path / "gold.jsonl"
+    preds.write_text("".join(json.dumps({"id": r["id"], "prediction": r["answers"][0]}) + "\n" for r in test_rows))
+    result = run("qa", out=tmp_path / "qa", dataset="xquad-en:test", predictions=str(preds))
+    assert result.metrics["count"] == len(test_rows) == 244
+    assert result.metrics["exact_match"] == pytest.approx(100.0) and result.metrics["missing"] == 0
+    assert {r["id"] for r in load_qa("xquad-en:train")}.isdisjoint(r["id"] for r in test_rows)
+    with pytest.raises(Exception, match="not a QA split"):
+        load_qa("hh-rlhf:helpful-base")
