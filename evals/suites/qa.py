@@ -39,6 +39,10 @@ class Config:
     retriever: str | None = field(default=None, metadata={"help": "bm25, dense, hybrid or lucene (default: the index's)"})
     template: str = field(default="sparrow", metadata={"help": "rag evidence template the model was trained with"})
     k: int = field(default=3, metadata={"help": "passages per question", "flags": ["-k"]})
+    passage_tokens: int | None = field(default=None, metadata={
+        "help": "token budget per passage block, as in training (default: the template's)"})
+    total_tokens: int | None = field(default=None, metadata={
+        "help": "token budget for all passage blocks, as in training (default: the template's)"})
     max_new_tokens: int = field(default=32, metadata={"help": "answer length cap in tokens"})
     batch_size: int = field(default=16, metadata={"help": "questions per generation batch"})
 
@@ -53,37 +57,49 @@ _CITATION = re.compile(r"\s*\[\d+\]")
 
 
 def generate_predictions(cfg: Config, examples: list[dict]) -> dict[str, str]:
+    """Greedy answers from ``cfg.model`` (see :func:`generate_answers`), citation markers removed."""
+    return {qid: _CITATION.sub("", raw).strip() for qid, (raw, _) in generate_answers(cfg, examples).items()}
+
+
+def generate_answers(cfg: Config, examples: list[dict]) -> dict[str, tuple[str, list[dict]]]:
     """Greedy answers from ``cfg.model``, with evidence from ``cfg.index`` rendered by ``cfg.template``.
 
-    The prompt is exactly what the model saw in training (the rag template's prompt part); the answer
-    stops at the first newline and loses its ``[n]`` citation markers before scoring.
+    The prompt is exactly what the model saw in training (the rag template's prompt part, with the
+    same passage cleaning and token budgets); the answer stops at the first newline. Returns
+    ``{id: (raw answer with its [n] markers, passages shown as {"id", "title", "text"})}``.
     """
     from pretrain.generate import GenerationConfig, generate, load_model
-    from rag.templates import Example, Passage, get_template
+    from rag.templates import Budget, Example, Passage, get_template
     from rag.tokenizer import load_tokenizer
 
     model, tokenizer = load_model(cfg.model)
-    template = get_template(cfg.template, tokenizer=load_tokenizer(tokenizer))
+    budget = {k: v for k, v in (("passage_tokens", cfg.passage_tokens), ("total_tokens", cfg.total_tokens))
+              if v is not None}
+    template = get_template(cfg.template, load_tokenizer(tokenizer), Budget(**budget, min_passages=0)
+                            if budget else None)
     retriever = None
     if cfg.index is not None:
         from rag.retriever import Retriever
 
         retriever = Retriever(cfg.index, retriever=cfg.retriever)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0, stop=["\n"])
-    preds: dict[str, str] = {}
+    out: dict[str, tuple[str, list[dict]]] = {}
     for start in range(0, len(examples), cfg.batch_size):
         batch = examples[start:start + cfg.batch_size]
         passages: list[list] = [[] for _ in batch]
         if retriever is not None:
-            res = retriever.retrieve([e["question"] for e in batch], k=cfg.k)
+            res = retriever.retrieve([" ".join(e["question"].split()) for e in batch], k=cfg.k)
             for i in range(len(batch)):
-                passages[i] = [Passage(d["id"], d.get("title", ""), d.get("text", ""), s)
+                passages[i] = [template.clean_passage(Passage(d["id"], d.get("title", ""), d.get("text", ""), s))
                                for d, s in zip(res.documents[i], res.scores[i].tolist())]
-        prompts = [template.render(Example(question=e["question"], answer="", passages=ps)).prompt
-                   for e, ps in zip(batch, passages)]
-        for e, out in zip(batch, generate(model, tokenizer, prompts, gen)):
-            preds[e["id"]] = _CITATION.sub("", out.text).strip()
-    return preds
+        rendered = template.render_many([Example(question=e["question"], answer="", passages=ps)
+                                         for e, ps in zip(batch, passages)], passages_are_clean=True)
+        for e, r, ps, gen_out in zip(batch, rendered, passages,
+                                     generate(model, tokenizer, [r.prompt for r in rendered], gen)):
+            by_id = {p.doc_id: p for p in ps}
+            shown = [{"id": d, "title": by_id[d].title, "text": by_id[d].text} for d in r.evidence_ids]
+            out[e["id"]] = (gen_out.text, shown)
+    return out
 
 
 def load_predictions(path: str, known_ids: set[str]) -> dict[str, str]:
@@ -114,10 +130,12 @@ def suite(cfg: Config) -> tuple[dict, list[dict]]:
 
     examples = load_qa(cfg.dataset)
     golds = {e["id"]: e["answers"] for e in examples}
+    answers: dict[str, tuple[str, list[dict]]] = {}
     if cfg.predictions is not None:
         preds = load_predictions(cfg.predictions, set(golds))
     elif cfg.model is not None:
-        preds = generate_predictions(cfg, examples)
+        answers = generate_answers(cfg, examples)
+        preds = {qid: _CITATION.sub("", raw).strip() for qid, (raw, _) in answers.items()}
     else:
         preds = {str(k): v for k, v in cfg.predict(examples).items()}
         unknown = sorted(set(preds) - set(golds))
@@ -136,4 +154,6 @@ def suite(cfg: Config) -> tuple[dict, list[dict]]:
                      "f1": 100.0 * metric_max_over_ground_truths(f1_score, pred, e["answers"])
                      if pred is not None else 0.0,
                      "missing": pred is None})
+        if e["id"] in answers:  # the cited answer and its evidence: `wandao eval attribution --input` reads these
+            rows[-1]["answer"], rows[-1]["passages"] = answers[e["id"]]
     return metrics, rows

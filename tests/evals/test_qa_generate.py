@@ -30,6 +30,12 @@ def test_generates_an_answer_for_every_question_deterministically(tiny_gpt2, qa_
                         index=str(index.path), k=1, max_new_tokens=4, batch_size=2)
     assert with_evidence.metrics["count"] == 3 and with_evidence.metrics["missing"] == 0
     assert all(isinstance(r["prediction"], str) and "[1]" not in r["prediction"] for r in with_evidence.per_example)
+    # each row keeps the raw answer and the passage it was shown (q3 shares no term with the documents), which
+    # the attribution suite reads as is
+    assert [[p["id"] for p in r["passages"]] for r in with_evidence.per_example] == [["d1"], ["d2"], []]
+    assert all(isinstance(r["answer"], str) for r in with_evidence.per_example)
+    cited = run("attribution", out=tmp_path / "attr", input=str(with_evidence.out / "per_example.jsonl"))
+    assert cited.metrics["count"] == 3 and cited.metrics["judge"] == "lexical"
     again = run("qa", out=tmp_path / "rag2", dataset=str(qa_file), model=str(tiny_gpt2),
                 index=str(index.path), k=1, max_new_tokens=4, batch_size=3)
     assert [r["prediction"] for r in again.per_example] == [r["prediction"] for r in with_evidence.per_example]
