@@ -35,7 +35,7 @@ def test_generates_an_answer_for_every_question_deterministically(tiny_gpt2, qa_
     assert [[p["id"] for p in r["passages"]] for r in with_evidence.per_example] == [["d1"], ["d2"], []]
     assert all(isinstance(r["answer"], str) for r in with_evidence.per_example)
     cited = run("attribution", out=tmp_path / "attr", input=str(with_evidence.out / "per_example.jsonl"))
-    assert cited.metrics["count"] == 3 and cited.metrics["judge"] == "lexical"
+    assert cited.metrics["answers"] == 3 and cited.metrics["judge"].startswith("lexical")
     again = run("qa", out=tmp_path / "rag2", dataset=str(qa_file), model=str(tiny_gpt2),
                 index=str(index.path), k=1, max_new_tokens=4, batch_size=3)
     assert [r["prediction"] for r in again.per_example] == [r["prediction"] for r in with_evidence.per_example]
