@@ -186,7 +186,12 @@ class RewardSpec(Config):
     path: str = field(default="", metadata={"help": "rm: RM folder; blocklist: a terms file; function: module:function"})
     terms: list[str] = field(default_factory=list, metadata={"help": "blocklist terms"})
     token: str = field(default="", metadata={"help": "target_token: the token (one token of the policy's tokenizer)"})
-    require_citation: bool = field(default=False, metadata={"help": "attribution: a response citing nothing scores 0"})
+    require_citation: bool = field(default=True, metadata={
+        "help": "attribution: a sentence citing nothing is unsupported (ALCE); false: an answer without markers is "
+                "judged against every passage shown"})
+    malformed_penalty: float = field(default=0.0, metadata={
+        "help": "attribution: a malformed answer (bad or out-of-range markers, no content words, citation debris, "
+                "a copied passage) scores minus this"})
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, REWARD_KINDS)
@@ -668,7 +673,8 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
         raise ConfigError(f"prompt ({max_prompt}) + max_new_tokens ({rc.max_new_tokens}) must fit the context "
                           f"of {ctx} tokens", "data.max_prompt_tokens")
     reward_fn = CompositeReward([build_source(s.kind, s.name, s.weight, s.path, s.terms, s.token, tokenizer,
-                                              s.require_citation, device) for s in cfg.rewards])
+                                              s.require_citation, device, malformed_penalty=s.malformed_penalty)
+                               for s in cfg.rewards])
     ptx_tokens = None
     if pc.ptx_coef > 0:
         ptx_tokens = torch.tensor(read_ptx_tokens(pc.ptx_data, tokenizer), dtype=torch.long)

@@ -13,12 +13,16 @@ Sparrow (Glaese et al. 2022) judges each rule with its own model; here a rule is
 that is either programmatic or any ``module:function`` (a rule-conditioned classifier plugs in
 there). The shipped rules score 1 when the response follows the rule, 0 when it breaks it:
 
-- ``attribution`` ("the answer is supported by the cited evidence"): the fraction of the
-  response's content words (SQuAD-normalised tokens minus NLTK's English stopwords, as
-  :mod:`evals.entailment`'s lexical judge) found in the cited passages, or 1 when the whole
-  normalised response occurs as a span there. Cited passages are those named by ``[i]`` markers
-  (:func:`rag.templates.cited_ids`); a response citing nothing is judged against every passage
-  shown, or scores 0 with ``require_citation``. A response without content words scores 0.
+- ``attribution`` ("the answer is supported by the cited evidence"): ALCE's citation F1 of the
+  answer, the harmonic mean of its citation recall and precision (Gao et al. 2023; computed by
+  :func:`rag.citations.alce_answer_scores`, the code behind ``wandao eval attribution``, with the
+  same lexical judge and at most 3 citations per sentence), and only for a well-formed cited
+  answer (:func:`rag.citations.check_cited_answer`): markers exactly ``[n]`` naming passages that
+  were shown, content words outside them, not number fragments that are citation debris, and no
+  verbatim run of ``max_copy_tokens`` or more tokens from a passage (restating the evidence is not
+  an answer). Anything else scores ``-malformed_penalty`` (0 by default). Sentences citing nothing
+  are unsupported, as in ALCE; with ``require_citation`` off, an answer without any marker is
+  judged as if each sentence cited every passage shown, and scores its recall.
 - ``not_human`` ("do not pretend to be a human"): 0 when the response claims a human identity,
   body, life or feelings (English patterns), else 1.
 - ``blocklist``: 0 when a listed term occurs (case-insensitive, on word boundaries), else 1.
@@ -41,79 +45,88 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+# SQuAD-normalised tokens and the lexical judge's stopwords: one copy, shared with evals through rag
+from rag.citations import STOPWORDS, normalize_tokens  # noqa: F401 (re-exported)
+
 Rows = Sequence[dict]
-
-# NLTK's English stopword list (179 words), with SQuAD normalisation applied; the same list as
-# evals.entailment.STOPWORDS (align may not import evals).
-STOPWORDS = frozenset("""
-i me my myself we our ours ourselves you youre youve youll youd your yours yourself yourselves he him his
-himself she shes her hers herself it its itself they them their theirs themselves what which who whom this
-that thatll these those am is are was were be been being have has had having do does did doing a an the and
-but if or because as until while of at by for with about against between into through during before after
-above below to from up down in out on off over under again further then once here there when where why how
-all any both each few more most other some such no nor not only own same so than too very s t can will just
-don dont should shouldve now d ll m o re ve y ain aren arent couldn couldnt didn didnt doesn doesnt hadn
-hadnt hasn hasnt haven havent isn isnt ma mightn mightnt mustn mustnt needn neednt shan shant shouldn
-shouldnt wasn wasnt weren werent won wont wouldn wouldnt
-""".split())
-
-_PUNCT = set(string.punctuation)
-_CITE = re.compile(r"\[\d+\]")
-
-
-def normalize_tokens(text: str) -> list[str]:
-    """SQuAD's answer normalisation (lower case, no punctuation, no articles), split on whitespace.
-
-    Example:
-        >>> normalize_tokens("The Denver Broncos [1] won!")
-        ['denver', 'broncos', '1', 'won']
-    """
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return text.split()
-
-
-def _contains_span(haystack: list[str], needle: list[str]) -> bool:
-    n = len(needle)
-    return n > 0 and any(haystack[i:i + n] == needle for i in range(len(haystack) - n + 1))
-
 
 # ------------------------------------------------------------------------------------------- rules
 
 
 @dataclass
 class AttributionRule:
-    """"The answer is supported by the cited evidence" (see the module docstring for the score)."""
+    """"The answer is supported by the cited evidence" (see the module docstring for the score).
 
-    require_citation: bool = False
+    Args:
+        require_citation: a sentence citing nothing is unsupported (ALCE); off: an answer with no
+            marker at all is judged against every passage shown (recall only).
+        malformed_penalty: a malformed answer scores ``-malformed_penalty``.
+        lexical_threshold: the lexical judge's content-word coverage (the eval suite's default 0.75).
+        at_most_citations: citations per sentence considered (ALCE's and the eval suite's 3).
+        max_copy_tokens: an answer sharing a verbatim run of this many normalised tokens with a
+            shown passage is malformed (it restates the evidence); 0 switches the check off.
+        judge: any entailment judge with ``judge(pairs) -> list[bool]`` (e.g. ``evals.entailment``'s
+            NLI judge); default the lexical judge.
 
-    def score_one(self, response: str, evidence: Sequence[dict], evidence_ids: Sequence[str]) -> float:
-        from rag.templates import cited_ids
+    Example:
+        >>> ev = [{"id": "d1", "title": "Paris", "text": "Paris is the capital of France."}]
+        >>> AttributionRule().score_one("Paris is the capital [1].", ev, ["d1"])
+        1.0
+        >>> AttributionRule(malformed_penalty=0.5).score_one("1]", ev, ["d1"])
+        -0.5
+    """
 
-        ids = [str(i) for i in evidence_ids] or [str(p.get("id", "")) for p in evidence]
-        cited = set(cited_ids(response, ids))
-        if cited:
-            passages = [p for i, p in zip(ids, evidence) if i in cited]
-        elif self.require_citation:
-            return 0.0
-        else:
-            passages = list(evidence)
-        h = normalize_tokens(_CITE.sub(" ", response))
-        if not h or not passages:
-            return 0.0
-        p = normalize_tokens(" ".join(f"{q.get('title', '')} {q.get('text', '')}" for q in passages))
-        if _contains_span(p, h):
-            return 1.0
-        content = [t for t in h if t not in STOPWORDS]
-        if not content:
-            return 0.0
-        vocab = set(p)
-        return sum(t in vocab for t in content) / len(content)
+    require_citation: bool = True
+    malformed_penalty: float = 0.0
+    lexical_threshold: float = 0.75
+    at_most_citations: int | None = 3
+    max_copy_tokens: int = 12
+    judge: Any = None
+
+    def __post_init__(self) -> None:
+        from rag.citations import LexicalJudge
+
+        if self.malformed_penalty < 0:
+            raise ValueError(f"malformed_penalty must be >= 0 (it is subtracted), got {self.malformed_penalty}")
+        if self.max_copy_tokens < 0:
+            raise ValueError(f"max_copy_tokens must be >= 0, got {self.max_copy_tokens}")
+        if self.judge is None:
+            self.judge = LexicalJudge(threshold=self.lexical_threshold)
+
+    def details(self, response: str, evidence: Sequence[dict], evidence_ids: Sequence[str] = ()) -> dict:
+        """``score``, ``reason`` (None, or why the answer is malformed), ALCE ``recall``/``precision``."""
+        from rag.citations import (alce_answer_scores, check_cited_answer, inline_citations, longest_common_run,
+                                   remove_citations, split_sentences)
+
+        fail = {"score": -self.malformed_penalty if self.malformed_penalty else 0.0, "recall": 0.0, "precision": 0.0}
+        reason = check_cited_answer(response, len(evidence))
+        if reason is None and self.max_copy_tokens:
+            said = normalize_tokens(remove_citations(response))
+            if any(longest_common_run(said, normalize_tokens(f"{p.get('title', '')} {p.get('text', '')}"))
+                   >= self.max_copy_tokens for p in evidence):
+                reason = "copies a passage"
+        if reason is not None:
+            return {**fail, "reason": reason}
+        ids = [str(i) for i in evidence_ids][:len(evidence)]
+        ids += [f"#{j + 1}" for j in range(len(ids), len(evidence))]  # positions stand in for missing ids
+        passages = dict(zip(ids, evidence))
+        sentences = split_sentences(response)
+        cites = [[ids[i] for i in inline_citations(s)] for s in sentences]  # in range: checked above
+        lenient = not self.require_citation and not any(cites)
+        if lenient:
+            cites = [list(ids)] * len(sentences)
+        s = alce_answer_scores(sentences, cites, passages, self.judge.judge,
+                               None if lenient else self.at_most_citations)
+        r, p = s["recall"], s["precision"]
+        score = r if lenient else (2 * r * p / (r + p) if r + p > 0 else 0.0)
+        return {"score": score, "reason": None, "recall": r, "precision": p}
+
+    def score_one(self, response: str, evidence: Sequence[dict], evidence_ids: Sequence[str] = ()) -> float:
+        return self.details(response, evidence, evidence_ids)["score"]
 
     def __call__(self, rows: Rows) -> list[float]:
         return [self.score_one(r["response"], r.get("evidence") or [], r.get("evidence_ids") or []) for r in rows]
@@ -257,14 +270,14 @@ class CompositeReward:
 
 
 def build_source(kind: str, name: str | None = None, weight: float = 1.0, path: str = "", terms: Sequence[str] = (),
-                 token: str = "", tokenizer: Any = None, require_citation: bool = False, device: str = "cpu",
-                 batch_size: int = 64) -> RewardSource:
+                 token: str = "", tokenizer: Any = None, require_citation: bool = True, device: str = "cpu",
+                 batch_size: int = 64, malformed_penalty: float = 0.0) -> RewardSource:
     """One :class:`RewardSource` from its config fields (``kind``: rm, attribution, not_human,
     blocklist, target_token, function)."""
     if kind == "rm":
         fn: Callable = LearnedRM(path, device, batch_size)
     elif kind == "attribution":
-        fn = AttributionRule(require_citation)
+        fn = AttributionRule(require_citation, malformed_penalty)
     elif kind == "not_human":
         fn = NotHumanRule()
     elif kind == "blocklist":

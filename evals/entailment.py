@@ -14,35 +14,22 @@ Every judge answers ``judge(pairs) -> list[bool]`` for ``(premise, hypothesis)``
   normalised text, or an answer span it contains, occurs as a contiguous token sequence in the
   premise, or (2) at least ``threshold`` of its content words (SQuAD-normalised tokens minus
   English stopwords) occur in the premise. It is a cheap proxy for NLI: it cannot see negation
-  or paraphrase, so report it as such.
+  or paraphrase, so report it as such. It lives in :mod:`rag.citations` (align's attribution
+  reward judges with it too) and is re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from evals.squad import normalize_answer
+# one HTTP JSON client (align.feedback's, which the endpoint scorers use) and one lexical judge
+# (rag.citations', which align's attribution reward uses too)
+from align.feedback import post_json  # noqa: F401 (re-exported)
+from rag.citations import STOPWORDS, LexicalJudge  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
-
-# NLTK's English stopword list (179 words), with SQuAD normalisation applied (no apostrophes).
-STOPWORDS = frozenset("""
-i me my myself we our ours ourselves you youre youve youll youd your yours yourself yourselves he him his
-himself she shes her hers herself it its itself they them their theirs themselves what which who whom this
-that thatll these those am is are was were be been being have has had having do does did doing a an the and
-but if or because as until while of at by for with about against between into through during before after
-above below to from up down in out on off over under again further then once here there when where why how
-all any both each few more most other some such no nor not only own same so than too very s t can will just
-don dont should shouldve now d ll m o re ve y ain aren arent couldn couldnt didn didnt doesn doesnt hadn
-hadnt hasn hasnt haven havent isn isnt ma mightn mightnt mustn mustnt needn neednt shan shant shouldn
-shouldnt wasn wasnt weren werent won wont wouldn wouldnt
-""".split())
 
 
 class EntailmentJudge(Protocol):
@@ -51,60 +38,6 @@ class EntailmentJudge(Protocol):
     def judge(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
         """For each ``(premise, hypothesis)``, whether the premise entails the hypothesis."""
         ...
-
-
-def _contains_span(haystack: list[str], needle: list[str]) -> bool:
-    n = len(needle)
-    return n > 0 and any(haystack[i:i + n] == needle for i in range(len(haystack) - n + 1))
-
-
-@dataclass
-class LexicalJudge:
-    """Model-free support check (see the module docstring for the rule).
-
-    Args:
-        threshold: fraction of the hypothesis' content words that must occur in the premise.
-        answers: optional answer strings; one that occurs in both hypothesis and premise
-            (as a token span) makes the hypothesis supported.
-
-    Example:
-        >>> j = LexicalJudge(threshold=0.75)
-        >>> j.judge([("Paris is the capital of France.", "The capital of France is Paris."),
-        ...          ("Paris is the capital of France.", "Lyon is the capital of France.")])
-        [True, False]
-    """
-
-    threshold: float = 0.75
-    answers: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"--lexical-threshold must be in (0, 1], got {self.threshold}")
-
-    @property
-    def name(self) -> str:
-        return f"lexical(threshold={self.threshold:g})"
-
-    def supports(self, premise: str, hypothesis: str, answers: Sequence[str] = ()) -> bool:
-        p = normalize_answer(premise).split()
-        h = normalize_answer(hypothesis).split()
-        if not h:
-            return False
-        if _contains_span(p, h):
-            return True
-        for ans in list(answers) + list(self.answers):
-            a = normalize_answer(ans).split()
-            if _contains_span(h, a) and _contains_span(p, a):
-                return True
-        content = [t for t in h if t not in STOPWORDS]
-        if not content:
-            return False
-        vocab = set(p)
-        covered = sum(1 for t in content if t in vocab)
-        return covered / len(content) >= self.threshold
-
-    def judge(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
-        return [self.supports(p, h) for p, h in pairs]
 
 
 class NLIJudge:
@@ -175,31 +108,6 @@ _JUDGE_PROMPT = (
     "Premise:\n{premise}\n\nHypothesis:\n{hypothesis}\n\n"
     "Does the premise entail the hypothesis, that is, is every claim in the hypothesis supported by "
     "the premise? Answer with exactly one word: yes or no.")
-
-
-def post_json(url: str, payload: dict, api_key: str | None = None, timeout: float = 60.0,
-              retries: int = 2) -> dict:
-    """POST JSON with ``urllib`` and return the decoded JSON reply (retries on 5xx/connection errors)."""
-    data = json.dumps(payload).encode("utf-8")
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    last: Exception | None = None
-    for attempt in range(retries + 1):
-        req = urllib.request.Request(url, data=data, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as err:
-            body = err.read().decode("utf-8", "replace")[:500]
-            if err.code < 500 or attempt == retries:
-                raise RuntimeError(f"{url}: HTTP {err.code}: {body}") from None
-            last = err
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-            last = err
-            if attempt == retries:
-                break
-    raise RuntimeError(f"{url}: request failed: {last}")
 
 
 class OpenAIJudge:

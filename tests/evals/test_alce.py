@@ -146,3 +146,30 @@ def test_nli_judge_uses_the_entailment_label(tmp_path):
         enc = tok([p for p, _ in pairs], [h for _, h in pairs], return_tensors="pt", padding=True)
         expected = (model.eval()(**enc).logits.argmax(-1) == 2).tolist()
     assert got == expected and judge.name == f"nli:{tmp_path}"
+
+
+def test_ppo_attribution_reward_matches_the_suite(tmp_path):
+    """align's attribution reward computes the suite's per-answer ALCE recall and precision (same code in
+    rag.citations, same lexical judge, at most 3 citations), and its score is their harmonic mean."""
+    import evals
+    from align.rewards import AttributionRule
+
+    passages = [dict(id=k, **v) for k, v in P.items()]
+    answers = ["The Eiffel Tower was completed in 1889 [1][3]. Paris is the capital of France [2].",
+               "Lyon is the capital of France [3]. The Eiffel Tower is in the capital of France [1][2].",
+               "Paris is the capital of France [1][2][3].", "Lyon is known for its cuisine [3]. It is in France."]
+    path = tmp_path / "answers.jsonl"
+    path.write_text("".join(json.dumps({"id": str(i), "answer": a, "passages": passages}) + "\n"
+                            for i, a in enumerate(answers)))
+    res = evals.run("attribution", out=tmp_path / "run", input=str(path), judge="lexical")
+    rule = AttributionRule(max_copy_tokens=0)
+    for a, row in zip(answers, sorted(res.per_example, key=lambda r: r["id"])):
+        d = rule.details(a, passages, list(P))
+        assert d["reason"] is None
+        assert 100 * d["recall"] == pytest.approx(row["recall"]) and 100 * d["precision"] == pytest.approx(row["precision"])
+        r, p = d["recall"], d["precision"]
+        assert d["score"] == pytest.approx(2 * r * p / (r + p) if r + p else 0.0)
+    # by hand: answer 0 recall 1, precision (1 + 1) / 3; answer 3 recall 1/2, precision 1/1
+    per = {row["id"]: row for row in res.per_example}
+    assert (per["0"]["recall"], per["0"]["precision"]) == pytest.approx((100.0, 200 / 3))
+    assert (per["3"]["recall"], per["3"]["precision"]) == pytest.approx((50.0, 100.0))
