@@ -21,6 +21,9 @@ Both implement
 - ``generate(prompts, max_new_tokens, stop, temperature, seed) -> list[str]``: a completion of
   each prompt taken verbatim (no chat template), cut before the first stop string.
 
+Perplexity: :meth:`HFCausalLM.sliding_window_nll` over token ids and
+:meth:`OpenAICompletions.text_nll` over text share the windows (:func:`sliding_windows`).
+
 :func:`make_scorer` builds either from one string: a folder, or an ``http(s)://…/v1`` base URL.
 
 Example:
@@ -80,6 +83,27 @@ def post_json(url: str, payload: dict | None, api_key: str | None = None, timeou
             if attempt == retries:
                 break
     raise RuntimeError(f"{url}: request failed: {last}")
+
+
+def sliding_windows(n: int, stride: int, max_length: int) -> list[tuple[int, int, int]]:
+    """The sliding windows over ``n`` tokens: ``(s, t0, t1)``, input ``ids[s:t1-1]`` predicts ``ids[t0:t1]``.
+
+    Every token after the first is a target exactly once, ``stride`` at a time, with up to
+    ``max_length`` tokens of input (the HF perplexity guide's sliding window).
+
+    Example:
+        >>> sliding_windows(10, 4, 6)
+        [(0, 1, 5), (2, 5, 9), (3, 9, 10)]
+    """
+    if stride < 1 or stride > max_length:
+        raise ValueError(f"--stride must be in [1, max_length={max_length}], got {stride}")
+    windows = []
+    t0 = 1
+    while t0 < n:
+        t1 = min(t0 + stride, n)
+        windows.append((max(0, t1 - 1 - max_length), t0, t1))
+        t0 = t1
+    return windows
 
 
 class HFCausalLM:
@@ -217,14 +241,7 @@ class HFCausalLM:
         import torch
         from tqdm.auto import tqdm
 
-        if stride < 1 or stride > self.max_length:
-            raise ValueError(f"--stride must be in [1, max_length={self.max_length}], got {stride}")
-        windows = []  # (s, t0, t1): input ids[s:t1-1] predicts targets ids[t0:t1]
-        t0 = 1
-        while t0 < len(ids):
-            t1 = min(t0 + stride, len(ids))
-            windows.append((max(0, t1 - 1 - self.max_length), t0, t1))
-            t0 = t1
+        windows = sliding_windows(len(ids), stride, self.max_length)
         total, count, rows = 0.0, 0, []
         for start in tqdm(range(0, len(windows), self.batch_size), desc="perplexity", unit="batch"):
             chunk = windows[start:start + self.batch_size]
@@ -238,6 +255,10 @@ class HFCausalLM:
                 rows.append({"begin": s, "first_target": t0, "end": t1, "scored": t1 - t0, "nll": nll,
                              "ppl": math.exp(nll / (t1 - t0))})
         return total, count, rows
+
+
+class PromptTooLong(RuntimeError):
+    """The endpoint refused a prompt longer than its context (HTTP 400)."""
 
 
 class OpenAICompletions:
@@ -274,15 +295,7 @@ class OpenAICompletions:
         out = []
         for context, continuation in requests:
             context, continuation = _split_ws(context, continuation)
-            reply = post_json(f"{self.base_url}/completions", {
-                "model": self.model, "prompt": context + continuation, "max_tokens": 0, "echo": True,
-                "logprobs": 0, "temperature": 0}, api_key=self.api_key, timeout=self.timeout)
-            try:
-                lp = reply["choices"][0]["logprobs"]
-                offsets, token_lps = lp["text_offset"], lp["token_logprobs"]
-            except (KeyError, IndexError, TypeError):
-                raise RuntimeError(f"{self.base_url}/completions: reply has no echoed logprobs "
-                                   f"(does the server support echo=true?): {str(reply)[:300]}") from None
+            offsets, token_lps = self.echo(context + continuation)
             total, n = 0.0, 0
             for off, value in zip(offsets, token_lps):
                 if off >= len(context):
@@ -294,6 +307,126 @@ class OpenAICompletions:
                 raise RuntimeError(f"{self.base_url}: no continuation tokens found after offset {len(context)}")
             out.append(total)
         return out
+
+    def echo(self, prompt: str) -> tuple[list[int], list[float | None]]:
+        """``(text_offset, token_logprobs)`` of ``prompt`` scored by the endpoint (``max_tokens 0``, ``echo``).
+
+        Raises :class:`PromptTooLong` when the endpoint says the prompt exceeds its context.
+        """
+        try:
+            reply = post_json(f"{self.base_url}/completions", {
+                "model": self.model, "prompt": prompt, "max_tokens": 0, "echo": True, "logprobs": 0,
+                "temperature": 0}, api_key=self.api_key, timeout=self.timeout)
+        except RuntimeError as err:
+            msg = str(err)
+            if "HTTP 400" in msg and ("context_length" in msg or "maximum context length" in msg):
+                raise PromptTooLong(msg) from None
+            raise
+        try:
+            lp = reply["choices"][0]["logprobs"]
+            offsets, token_lps = list(lp["text_offset"]), list(lp["token_logprobs"])
+        except (KeyError, IndexError, TypeError):
+            raise RuntimeError(f"{self.base_url}/completions: reply has no echoed logprobs "
+                               f"(does the server support echo=true?): {str(reply)[:300]}") from None
+        if len(offsets) != len(token_lps):
+            raise RuntimeError(f"{self.base_url}/completions: {len(offsets)} text offsets for {len(token_lps)} log-probs")
+        return offsets, token_lps
+
+    def max_model_len(self) -> int | None:
+        """The served model's context in tokens when ``GET /models`` reports it (vLLM's ``max_model_len``)."""
+        listed = post_json(f"{self.base_url}/models", None, api_key=self.api_key, timeout=self.timeout)
+        for m in listed.get("data", []):
+            if m.get("id") == self.model and isinstance(m.get("max_model_len"), int):
+                return m["max_model_len"]
+        return None
+
+    def token_starts(self, text: str, per_request: int) -> list[int]:
+        """Character offsets in ``text`` where the endpoint's tokens start, for the whole text.
+
+        The text goes in pieces of at most ``per_request`` tokens, each ending before a whitespace
+        character; a piece keeps its tokens up to its last token that starts at or right after
+        whitespace (never its last token, which the cut may have changed) and the next piece starts
+        there, so the pieces join where a whole-text tokenisation would also break (for tokenizers
+        that split words at whitespace first: byte-level BPE, SentencePiece, characters).
+        """
+        starts: list[int] = []
+        a, chars = 0, 3 * per_request  # chars per piece: a first guess, adapted below
+        while a < len(text):
+            b = min(len(text), a + chars)
+            if b < len(text):
+                cut = max(text.rfind(c, a + 1, b) for c in " \n\t")
+                b = cut if cut > a else b
+            try:
+                rel, _ = self.echo(text[a:b])
+            except PromptTooLong:
+                if chars == 1:
+                    raise
+                chars = max(1, chars // 2)
+                continue
+            if len(rel) > per_request:  # the endpoint's limit is larger than ours: keep ours
+                chars = max(1, chars * per_request // len(rel))
+                continue
+            got = [a + r for r in rel]
+            if b == len(text):
+                starts += got
+                break
+            safe = [i for i in range(1, len(got) - 1) if text[got[i]].isspace() or text[got[i] - 1].isspace()]
+            k = safe[-1] if safe else len(got) - 1
+            if k < 1:  # one token in the piece: take a longer piece
+                chars *= 2
+                continue
+            starts += got[:k]
+            a = got[k]
+            if len(rel) < per_request // 2:
+                chars = chars * 3 // 2
+        return starts
+
+    def text_nll(self, text: str, stride: int, max_length: int) -> tuple[float, int, list[dict], int]:
+        """Sliding-window NLL of ``text`` through the endpoint: the windows of
+        :meth:`HFCausalLM.sliding_window_nll` (:func:`sliding_windows`), over the endpoint's own tokens.
+
+        The text is tokenised by the endpoint (:meth:`token_starts`); window ``(s, t0, t1)`` sends
+        the text of tokens ``s .. t1-1`` (``t1 - s <= max_length + 1`` tokens: the first is never
+        scored) and sums the log-probs of tokens ``t0 .. t1-1``. When the endpoint tokenises a
+        window's text differently from the whole text (a window starting or ending inside a word),
+        the window's targets are the tokens starting within the targets' characters, so the same
+        text is scored once either way; such windows are counted.
+
+        Returns:
+            ``(total_nll, n_scored, per_window, retokenized_windows)``; ``n_scored`` counts the whole
+            text's tokens after the first, as the local path does.
+        """
+        from tqdm.auto import tqdm
+
+        starts = self.token_starts(text, max_length + 1)
+        ends = starts[1:] + [len(text)]
+        windows = sliding_windows(len(starts), stride, max_length)
+        total, count, rows, retokenized = 0.0, 0, [], 0
+        for s, t0, t1 in tqdm(windows, desc="perplexity", unit="window"):
+            a = starts[s]
+            try:
+                rel, values = self.echo(text[a:ends[t1 - 1]])
+            except PromptTooLong as err:
+                raise ValueError(f"a window of {t1 - s} tokens does not fit the endpoint's context; lower "
+                                 f"--max-length (now {max_length}): {err}") from None
+            got = [a + r for r in rel]
+            if got == starts[s:t1]:
+                picked = values[t0 - s:]
+            else:
+                retokenized += 1
+                picked = [v for g, v in zip(got, values) if starts[t0] <= g < ends[t1 - 1]]
+            if not picked or any(v is None for v in picked):
+                raise RuntimeError(f"{self.base_url}: no log-prob for a target token of window {s}..{t1}")
+            nll = -float(sum(picked))
+            total += nll
+            count += t1 - t0
+            rows.append({"begin": s, "first_target": t0, "end": t1, "scored": t1 - t0, "nll": nll,
+                         "ppl": math.exp(nll / (t1 - t0)), "retokenized": got != starts[s:t1]})
+        if retokenized:
+            logger.warning("%d of %d windows were tokenised differently from the whole text by the endpoint "
+                           "(a window edge inside a word); their characters were scored once all the same",
+                           retokenized, len(windows))
+        return total, count, rows, retokenized
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
                  temperature: float = 0.0, seed: int = 0, top_p: float = 1.0) -> list[str]:

@@ -6,7 +6,8 @@ may not import evals); this module re-exports them under the names the suites us
 - :class:`HFCausalLM`: any HF causal LM folder: ``loglikelihood``, ``generate``,
   ``sliding_window_nll``;
 - :class:`OpenAICompletions`: any OpenAI-compatible ``/completions`` endpoint with
-  ``echo`` + ``logprobs`` (vLLM, the legacy OpenAI API, ``wandao serve``);
+  ``echo`` + ``logprobs`` (vLLM, the legacy OpenAI API, ``wandao serve``): ``loglikelihood``,
+  ``generate``, ``text_nll`` (the same sliding windows over the endpoint's tokens);
 - :func:`make_scorer`: either one from a folder or an ``http(s)://…/v1`` base URL.
 """
 

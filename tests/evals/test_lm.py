@@ -143,3 +143,75 @@ def test_feedback_mc_reads_the_constitutional_ai_evals(data_dir):
     assert [f.stem for f in files] == ["438HHHEvaluations", "HarmfulVsEthical", "HarmfulnessClassification"]
     items = load_items(files[2], limit=5)
     assert len(items) == 5 and len(items[0]["corrects"]) == 1 and len(items[0]["incorrects"]) == 8
+
+
+# ------------------------------------------------------------------- lm through wandao serve
+
+
+@pytest.fixture(scope="module")
+def served_gpt2(tiny_gpt2):
+    """``wandao serve`` over the tiny GPT-2 on loopback (the serve tests' LiveServer), prompts capped at 48
+    tokens: a legacy echo request holds at most 48 tokens, so the lm suite's windows are at most 47 + 1."""
+    from rag.serve.app import ServeConfig, create_app
+    from tests.rag.serve.conftest import LiveServer, free_port
+
+    srv = LiveServer(create_app(ServeConfig(model=str(tiny_gpt2), model_name="tiny-gpt2", temperature=0.0,
+                                            max_prompt_tokens=48, max_tokens_limit=16, default_max_tokens=8,
+                                            torch_threads=1)), free_port())
+    yield srv
+    srv.stop()
+
+
+LM_TEXT = ("To be, or not to be, that is the question. Here is a conversation between a human and an assistant.\n"
+           "Human: can you help me? Assistant: Sure, I can help. The answer is: (A) (B) (C) (D)\n") * 4
+
+
+def test_endpoint_token_starts_equal_the_whole_text_tokenisation(served_gpt2, tiny_gpt2):
+    from transformers import AutoTokenizer
+
+    from evals.scorers import OpenAICompletions
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_gpt2))
+    want = [a for a, _ in tok(LM_TEXT, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
+    ep = OpenAICompletions(f"{served_gpt2.url}/v1")  # the model name from GET /v1/models
+    assert len(want) > 3 * 48  # several pieces
+    for per_request in (48, 10):  # pieces cut before whitespace join as the whole text does
+        assert ep.token_starts(LM_TEXT, per_request) == want
+
+
+@pytest.mark.parametrize("stride", [16, 47])
+def test_lm_suite_through_the_server_matches_the_local_model(served_gpt2, tiny_gpt2, tmp_path, stride):
+    """Tolerance 1e-4 relative on the total NLL: the server scores each window alone, the local path in padded
+    batches (float noise only); the windows and token counts are equal exactly."""
+    import evals
+
+    path = tmp_path / "t.txt"
+    path.write_text(LM_TEXT, encoding="utf-8")
+    url = f"{served_gpt2.url}/v1"
+    for local_kw, remote_kw in (({"add_bos": False}, {"add_bos": False}),  # the first token is context only
+                                ({}, {"bos_text": "<|endoftext|>"})):  # BOS in front: every text token scored
+        local = evals.run("lm", out=tmp_path / f"l{stride}{len(local_kw)}", model=str(tiny_gpt2), dataset=str(path),
+                          stride=stride, max_length=47, **local_kw)
+        remote = evals.run("lm", out=tmp_path / f"r{stride}{len(local_kw)}", model=url, dataset=str(path),
+                           stride=stride, max_length=47, **remote_kw)
+        lm_, rm_ = local.metrics, remote.metrics
+        assert rm_["scorer"] == f"openai:tiny-gpt2@{url}" and rm_["retokenized_windows"] == 0
+        assert rm_["tokens"] == lm_["tokens"] and rm_["first_token_scored"] == lm_["first_token_scored"]
+        assert [(r["begin"], r["first_target"], r["end"]) for r in remote.per_example] == \
+            [(r["begin"], r["first_target"], r["end"]) for r in local.per_example]
+        assert len(remote.per_example) >= 5  # the 48-token limit forces several windows
+        nll_l, nll_r = lm_["nll_per_token"] * lm_["tokens"], rm_["nll_per_token"] * rm_["tokens"]
+        assert nll_r == pytest.approx(nll_l, rel=1e-4)
+        assert rm_["bits_per_byte"] == pytest.approx(lm_["bits_per_byte"], rel=1e-4)
+
+
+def test_lm_endpoint_context_errors(served_gpt2, tmp_path):
+    import evals
+
+    path = tmp_path / "t.txt"
+    path.write_text(LM_TEXT, encoding="utf-8")
+    url = f"{served_gpt2.url}/v1"
+    with pytest.raises(ValueError, match="give --max-length"):  # wandao serve does not report max_model_len
+        evals.run("lm", out=tmp_path / "a", model=url, dataset=str(path))
+    with pytest.raises(ValueError, match=r"lower --max-length \(now 48\)"):  # 49-token requests > 48
+        evals.run("lm", out=tmp_path / "b", model=url, dataset=str(path), max_length=48, stride=48)
