@@ -387,44 +387,50 @@ class OpenAICompletions:
 
         The text is tokenised by the endpoint (:meth:`token_starts`); window ``(s, t0, t1)`` sends
         the text of tokens ``s .. t1-1`` (``t1 - s <= max_length + 1`` tokens: the first is never
-        scored) and sums the log-probs of tokens ``t0 .. t1-1``. When the endpoint tokenises a
-        window's text differently from the whole text (a window starting or ending inside a word),
-        the window's targets are the tokens starting within the targets' characters, so the same
-        text is scored once either way; such windows are counted.
+        scored) and sums the log-probs of its targets: the tokens that start within the characters
+        of tokens ``t0 .. t1-1`` (a character that byte-level BPE splits over several tokens counts
+        where its first token starts), so every token is a target once. When the endpoint
+        tokenises a window's text differently from the whole text (an edge inside a word or a
+        character), the targets are still those characters, and when the text then takes more
+        tokens than the endpoint holds, the window starts one token later until it fits; such
+        windows are counted.
 
         Returns:
             ``(total_nll, n_scored, per_window, retokenized_windows)``; ``n_scored`` counts the whole
-            text's tokens after the first, as the local path does.
+            text's tokens after the first, as the local path does (when the text starts with a
+            whole character).
         """
         from tqdm.auto import tqdm
 
         starts = self.token_starts(text, max_length + 1)
-        ends = starts[1:] + [len(text)]
+        bounds = starts + [len(text)]  # bounds[i]: where token i starts (bounds[n]: the end)
         windows = sliding_windows(len(starts), stride, max_length)
         total, count, rows, retokenized = 0.0, 0, [], 0
         for s, t0, t1 in tqdm(windows, desc="perplexity", unit="window"):
-            a = starts[s]
-            try:
-                rel, values = self.echo(text[a:ends[t1 - 1]])
-            except PromptTooLong as err:
-                raise ValueError(f"a window of {t1 - s} tokens does not fit the endpoint's context; lower "
-                                 f"--max-length (now {max_length}): {err}") from None
-            got = [a + r for r in rel]
-            if got == starts[s:t1]:
-                picked = values[t0 - s:]
-            else:
-                retokenized += 1
-                picked = [v for g, v in zip(got, values) if starts[t0] <= g < ends[t1 - 1]]
-            if not picked or any(v is None for v in picked):
+            lo, hi = bounds[t0], bounds[t1]  # the targets' characters
+            for first in range(s, t0):  # the window's first token; later ones only if the text does not fit
+                try:
+                    rel, values = self.echo(text[bounds[first]:hi])
+                    break
+                except PromptTooLong as err:
+                    if first == t0 - 1:
+                        raise ValueError(f"a window of {t1 - s} tokens does not fit the endpoint's context; lower "
+                                         f"--max-length (now {max_length}): {err}") from None
+            got = [bounds[first] + r for r in rel]
+            same = first == s and got == [g for g in starts[first:t1 + 1] if bounds[first] <= g < hi]
+            retokenized += not same
+            # the first token of a request is never scored (nothing before it)
+            picked = [v for k, (g, v) in enumerate(zip(got, values)) if lo <= g < hi and k > 0]
+            if any(v is None for v in picked):
                 raise RuntimeError(f"{self.base_url}: no log-prob for a target token of window {s}..{t1}")
             nll = -float(sum(picked))
             total += nll
-            count += t1 - t0
-            rows.append({"begin": s, "first_target": t0, "end": t1, "scored": t1 - t0, "nll": nll,
-                         "ppl": math.exp(nll / (t1 - t0)), "retokenized": got != starts[s:t1]})
+            count += len(picked)
+            rows.append({"begin": first, "first_target": t0, "end": t1, "scored": len(picked), "nll": nll,
+                         "ppl": math.exp(nll / len(picked)) if picked else float("nan"), "retokenized": not same})
         if retokenized:
             logger.warning("%d of %d windows were tokenised differently from the whole text by the endpoint "
-                           "(a window edge inside a word); their characters were scored once all the same",
+                           "(an edge inside a word or character); their targets' characters were scored all the same",
                            retokenized, len(windows))
         return total, count, rows, retokenized
 

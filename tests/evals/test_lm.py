@@ -215,3 +215,23 @@ def test_lm_endpoint_context_errors(served_gpt2, tmp_path):
         evals.run("lm", out=tmp_path / "a", model=url, dataset=str(path))
     with pytest.raises(ValueError, match=r"lower --max-length \(now 48\)"):  # 49-token requests > 48
         evals.run("lm", out=tmp_path / "b", model=url, dataset=str(path), max_length=48, stride=48)
+
+
+def test_lm_through_the_server_with_split_characters(served_gpt2, tiny_gpt2, tmp_path):
+    """Characters the byte-level BPE splits over several tokens (é, —, 東京): a window edge may fall inside one.
+    Every token is still scored once (equal counts); at stride 47 every window is tokenised as the whole text
+    (1e-4 relative, float noise); at stride 16 one window's text takes 49 tokens at the server and starts one
+    token later (measured 2026-12-05: 1.0e-4 relative; bound 1e-3)."""
+    import evals
+
+    path = tmp_path / "t.txt"
+    path.write_text("Shakespearean questioning conversations helped assistants answering humans; " * 6
+                    + "naïve café — 東京 ok\n" * 3, encoding="utf-8")
+    url = f"{served_gpt2.url}/v1"
+    for stride, retokenized, rel in ((47, 0, 1e-4), (16, 1, 1e-3)):
+        lm_ = evals.run("lm", out=tmp_path / f"l{stride}", model=str(tiny_gpt2), dataset=str(path), stride=stride,
+                        max_length=47).metrics
+        rm_ = evals.run("lm", out=tmp_path / f"r{stride}", model=url, dataset=str(path), stride=stride, max_length=47,
+                        bos_text="<|endoftext|>").metrics
+        assert rm_["tokens"] == lm_["tokens"] and rm_["retokenized_windows"] == retokenized
+        assert rm_["nll_per_token"] * rm_["tokens"] == pytest.approx(lm_["nll_per_token"] * lm_["tokens"], rel=rel)
