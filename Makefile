@@ -33,7 +33,7 @@ chromium:
 	    echo "note: could not install chromium + chromium-driver (needs root and Debian's packages); the chat-page test will skip"; }
 
 demo: install
-	$(BIN)/wandao demo --quick
+	$(BIN)/wandao demo
 
 test: install chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

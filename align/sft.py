@@ -823,38 +823,6 @@ def run(cfg: SFTConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- demo
 
 
-def sft_demo(workdir: str | os.PathLike, model_dir: str | os.PathLike, sft_file: str | os.PathLike,
-             max_iters: int = 60, limit: int | None = 400, seed: int = 1337) -> dict:
-    """``make demo``'s SFT stage: fine-tune the demo's pretrained model on the augmented XQuAD-train set.
-
-    Args:
-        workdir: the demo folder; the run goes to ``<workdir>/sft``.
-        model_dir: the pretrained HF folder (model + tokenizer).
-        sft_file: ``wandao augment sft`` JSONL (evidence already in the prompt).
-
-    Returns:
-        ``{"initial_val_loss", "final_val_loss", "steps", "train_examples", "model_dir", "seconds"}``.
-        Characters a character-level vocabulary lacks are dropped; prompts longer than the model's
-        context keep their last tokens (the answer turn and the nearest evidence).
-    """
-    t0 = time.perf_counter()
-    cfg = SFTConfig(
-        model=ModelSection(init_from=str(model_dir)),
-        data=DataSection(train=str(sft_file), val_fraction=0.1, unknown_chars="drop", limit=limit, packing=False),
-        optim=OptimConfig(lr=1e-3, weight_decay=0.0),
-        schedule=ScheduleConfig(kind="cosine", warmup_iters=5, min_lr=1e-4),
-        train=TrainSection(out_dir=str(Path(workdir) / "sft"), max_iters=max_iters, micro_batch_size=8,
-                           eval_interval=max(1, max_iters // 3), eval_examples=64, log_interval=10, seed=seed,
-                           device="cpu", keep_checkpoints=1),
-    )
-    s = run(cfg)
-    out = {k: s.get(k) for k in ("initial_val_loss", "final_val_loss", "steps", "train_examples", "model_dir")}
-    out["seconds"] = round(time.perf_counter() - t0, 1)
-    print(f"\nSFT on {sft_file}: response loss {out['initial_val_loss']:.3f} -> {out['final_val_loss']:.3f} "
-          f"(val, {s['val_examples']} rows) in {out['steps']} steps; model: {out['model_dir']}")
-    return out
-
-
 # ----------------------------------------------------------------------------------------------- CLI
 
 

@@ -36,7 +36,8 @@ class Config:
     model: str | None = field(default=None, metadata={"help": "generate answers with this HF causal-LM folder"})
     index: str | None = field(default=None, metadata={
         "help": "with --model: retrieve evidence from this index (omit for closed-book answers)"})
-    retriever: str | None = field(default=None, metadata={"help": "bm25, dense, hybrid or lucene (default: the index's)"})
+    retriever: str | None = field(default=None, metadata={
+        "help": "bm25, dense, hybrid or lucene (default: the index's)"})
     template: str = field(default="sparrow", metadata={"help": "rag evidence template the model was trained with"})
     k: int = field(default=3, metadata={"help": "passages per question", "flags": ["-k"]})
     passage_tokens: int | None = field(default=None, metadata={

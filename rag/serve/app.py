@@ -791,7 +791,9 @@ def find_demo(workdir: str | Path = "runs/demo") -> tuple[dict[str, str], list[s
     work = Path(workdir)
     found: dict[str, str] = {}
     missing: list[str] = []
-    candidates = [work / "serve" / "model", work / "sft" / "final", work / "pretrain" / "final", work / "pretrain"]
+    # the demo's best model first: PPO on top of the evidence SFT, then that SFT, then the pretrained model
+    candidates = [work / "serve" / "model", work / "ppo" / "model", work / "sft" / "evidence" / "model",
+                  work / "sft" / "final", work / "pretrain" / "final", work / "pretrain"]
     candidates += sorted(work.glob("pretrain/step-*"), reverse=True)
     model = next((c for c in candidates if (c / "config.json").exists() and
                   ((c / "tokenizer.json").exists() or (c / "tokenizer_config.json").exists())), None)

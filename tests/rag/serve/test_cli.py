@@ -24,6 +24,10 @@ def test_find_demo_picks_the_model_and_index(tmp_path):
     found, missing = find_demo(tmp_path)
     assert found == {"model": str(tmp_path / "pretrain" / "final"), "index": str(tmp_path / "rag" / "index")}
     assert missing == []
+    (tmp_path / "ppo" / "model").mkdir(parents=True)  # the PPO policy wins once the demo has made it
+    for name in ("config.json", "tokenizer_config.json"):
+        (tmp_path / "ppo" / "model" / name).write_text("{}")
+    assert find_demo(tmp_path)[0]["model"] == str(tmp_path / "ppo" / "model")
 
 
 def test_shipped_configs_load():
