@@ -11,6 +11,9 @@ a/an/the removed, whitespace collapsed) and split into words. Then, per evaluati
   Short answers ("1857", "Denver") occur everywhere, so only answers of at least
   ``min_answer_words`` words are flagged on their own; a short answer is flagged when it appears
   in the same record as a flagged question.
+- **passage overlap** (when the evaluation set has passages, such as XQuAD's paragraphs) = the
+  largest fraction of a test passage's word ``passage_ngram``-grams (13, as GPT-3) found in any one
+  training record. Flagged at ``>= threshold``: the test passage itself was trained on.
 
 A training record's text is every string in it (prompt with its rendered evidence, response,
 messages…); with an index, the full text of its ``evidence_ids`` documents is added, so
@@ -61,12 +64,17 @@ class CheckConfig(Config):
     ngram: int = field(default=8, metadata={"help": "n for question n-grams"})
     threshold: float = field(default=0.5, metadata={"help": "question overlap fraction that flags an item"})
     min_answer_words: int = field(default=3, metadata={"help": "answers this long are flagged on their own"})
+    eval_passages: str | None = field(default=None, metadata={
+        "help": "the evaluation set's passages (a corpus or xquad-en:test); default: the XQuAD split's paragraphs "
+                "when --eval is one, else none"})
+    passage_ngram: int = field(default=13, metadata={"help": "n for passage n-grams"})
     out: str | None = field(default=None, metadata={"help": "write flagged items as JSONL here"})
 
     def __post_init__(self) -> None:
         check_range("ngram", self.ngram, 1)
         check_range("threshold", self.threshold, 0.0, 1.0, low_inclusive=False)
         check_range("min_answer_words", self.min_answer_words, 1)
+        check_range("passage_ngram", self.passage_ngram, 1)
 
 
 @dataclass
@@ -100,16 +108,19 @@ def _strings(obj) -> Iterator[str]:
 
 
 def check_contamination(eval_items: Iterable[dict], train_records: Iterable[tuple[str, str]], ngram: int = 8,
-                        threshold: float = 0.5, min_answer_words: int = 3) -> tuple[list[Finding], dict]:
+                        threshold: float = 0.5, min_answer_words: int = 3, passages: dict[str, str] | None = None,
+                        passage_ngram: int = 13) -> tuple[list[Finding], dict]:
     """Find evaluation items whose question or answer appears in the training records.
 
     Args:
         eval_items: dicts with ``id``, ``question`` and ``answers`` (list of strings).
         train_records: ``(record_id, text)`` pairs, streamed once.
-        ngram, threshold, min_answer_words: see the module docstring.
+        ngram, threshold, min_answer_words, passage_ngram: see the module docstring.
+        passages: the evaluation set's passages ``{id: text}`` (none: no passage check).
 
     Returns:
-        ``(findings, summary)``: one :class:`Finding` per evaluation item, and counts.
+        ``(findings, summary)``: one :class:`Finding` per evaluation item, and counts; with
+        ``passages``, ``summary["passages_flagged"]`` and the worst ``summary["passage_overlap_max"]``.
 
     Example:
         >>> f, s = check_contamination([{"id": "q1", "question": "who won super bowl fifty in 2016", "answers": []}],
@@ -133,6 +144,14 @@ def check_contamination(eval_items: Iterable[dict], train_records: Iterable[tupl
             if words:
                 a_grams[tuple(words)].append(i)
     a_lengths = sorted({len(g) for g in a_grams})
+    p_grams: dict[tuple, list[str]] = defaultdict(list)
+    p_sizes: dict[str, int] = {}
+    for pid, text in (passages or {}).items():
+        grams = ngrams(normalize_words(text), passage_ngram)
+        p_sizes[pid] = len(grams)
+        for g in grams:
+            p_grams[g].append(pid)
+    p_worst: dict[str, tuple[float, str | None]] = {pid: (0.0, None) for pid in p_sizes}
     short_question_lengths = sorted({len(g) for g in q_grams if len(g) < ngram})
     n_records = 0
     for rec_id, text in train_records:
@@ -149,6 +168,14 @@ def check_contamination(eval_items: Iterable[dict], train_records: Iterable[tupl
             frac = c / q_sizes[i]
             if frac > findings[i].question_overlap:
                 findings[i].question_overlap, findings[i].question_record = frac, rec_id
+        if p_grams:
+            p_counts: dict[str, int] = defaultdict(int)
+            for g in ngrams(words, passage_ngram) if len(words) >= passage_ngram else ():
+                for pid in p_grams.get(g, ()):
+                    p_counts[pid] += 1
+            for pid, c in p_counts.items():
+                if c / p_sizes[pid] > p_worst[pid][0]:
+                    p_worst[pid] = (c / p_sizes[pid], rec_id)
         for n in a_lengths:
             for j in range(len(words) - n + 1):
                 for i in a_grams.get(tuple(words[j:j + n]), ()):
@@ -163,6 +190,11 @@ def check_contamination(eval_items: Iterable[dict], train_records: Iterable[tupl
                "questions_flagged": sum(f.flagged_question for f in findings),
                "answers_flagged": sum(f.flagged_answer for f in findings),
                "contaminated": sum(f.flagged_question or f.flagged_answer for f in findings)}
+    if passages is not None:
+        flagged = {pid: w for pid, w in p_worst.items() if w[0] >= threshold}
+        summary.update(passages=len(p_sizes), passage_ngram=passage_ngram, passages_flagged=len(flagged),
+                       passage_overlap_max=round(max((w[0] for w in p_worst.values()), default=0.0), 4),
+                       passages_flagged_records={pid: rec for pid, (_, rec) in sorted(flagged.items())[:10]})
     return findings, summary
 
 
@@ -184,6 +216,20 @@ def train_texts(paths: Iterable[str], index: str | None = None) -> Iterator[tupl
             yield f"{path}:{line}:{row.get('id', '')}", text
 
 
+def _eval_passages(cfg: CheckConfig) -> dict[str, str] | None:
+    """The evaluation set's passages: ``cfg.eval_passages``, or an XQuAD split's own paragraphs."""
+    source = cfg.eval_passages or (cfg.eval if str(cfg.eval).startswith("xquad-en:") else None)
+    if source is None:
+        return None
+    if str(source).startswith("xquad-en:"):
+        from rag.xquad import xquad_corpus
+
+        return {d["id"]: d["text"] for d in xquad_corpus(str(source).split(":", 1)[1])}
+    from indexer.data import iter_corpus
+
+    return {d["id"]: d["text"] for d in iter_corpus(source)}
+
+
 def run_check(cfg: CheckConfig) -> tuple[list[Finding], dict]:
     """Run the check described by ``cfg`` (eval items from :func:`rag.data.iter_items`)."""
     from pretrain.config import ConfigError
@@ -193,7 +239,7 @@ def run_check(cfg: CheckConfig) -> tuple[list[Finding], dict]:
         raise ConfigError("both --eval and --train are required", "eval" if not cfg.eval else "train")
     items = [{"id": it.id, "question": it.question, "answers": it.answers} for it in iter_items(cfg.eval)]
     findings, summary = check_contamination(items, train_texts(cfg.train, cfg.index), cfg.ngram, cfg.threshold,
-                                            cfg.min_answer_words)
+                                            cfg.min_answer_words, _eval_passages(cfg), cfg.passage_ngram)
     if cfg.out:
         from indexer.data import write_jsonl
 

@@ -166,6 +166,19 @@ def test_contamination_check_finds_a_planted_overlap():
     assert summary["contaminated"] == 2
 
 
+def test_passage_check_finds_a_planted_test_paragraph():
+    # p1 is 16 words -> 4 13-grams; record t2 carries its first 15 words (3 of the 4 13-grams), t1 none
+    p1 = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen"
+    words = p1.split()
+    train = [("t1", "nothing of the passage here at all"), ("t2", "prefix " + " ".join(words[:15]) + " suffix")]
+    _, summary = check_contamination([], train, passages={"p1": p1, "p2": "an unrelated passage " * 5})
+    assert summary["passages"] == 2 and summary["passages_flagged"] == 1
+    assert summary["passage_overlap_max"] == pytest.approx(3 / 4)
+    assert summary["passages_flagged_records"] == {"p1": "t2"}
+    _, summary = check_contamination([], train[:1], passages={"p1": p1})
+    assert summary["passages_flagged"] == 0 and summary["passage_overlap_max"] == 0.0
+
+
 def test_xquad_split_is_by_article(data_dir):
     rows = load_xquad()
     train = {r["context"] for r in rows if r["split"] == "train"}
