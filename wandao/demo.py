@@ -278,7 +278,7 @@ def _stage_pretrain(ctx: DemoContext) -> dict:
     wiki_valid = _data_dir() / "wikitext-2" / "raw" / "wiki.valid.raw"
     texts = [d["title"] + "\n" + d["text"] for d in iter_text_documents(wiki_valid)]
     texts += [d["title"] + "\n" + d["text"] for d in xquad_corpus("train")]
-    tokenizer = train_bpe_tokenizer(texts, pc.vocab_size, model_max_length=pc.block_size)
+    tokenizer = train_bpe_tokenizer(texts, pc.vocab_size)
     tokenizer.save_pretrained(str(work / "tokenizer"))
     sources = [{"path": str(wiki_valid), "name": "wikitext-2-valid"},
                {"path": str(paragraphs), "name": "xquad-train-paragraphs", "weight": 0.5}]
@@ -442,14 +442,12 @@ def _stage_eval(ctx: DemoContext) -> dict:
         row = {"exact_match": result.metrics["exact_match"], "f1": result.metrics["f1"],
                "count": result.metrics["count"]}
         if with_evidence:
-            cited = evals.run("attribution", out=ctx.path("eval", f"attribution-{key}"), force=True,
-                              input=str(result.out / "per_example.jsonl"))
-            row.update(citation_rec=cited.metrics["citation_rec"], citation_prec=cited.metrics["citation_prec"],
-                       judge=cited.metrics["judge"], supported=_supported_rate(result.per_example))
+            row.update(_attribution(ctx, key, result))
         qa[key] = row
         print(f"{label:<20} EM {row['exact_match']:5.1f}  F1 {row['f1']:5.1f}" +
-              (f"  citation recall {row['citation_rec']:.3f} precision {row['citation_prec']:.3f}  cited answer "
-               f"found in its cited passage {row['supported']:.3f}" if with_evidence else ""))
+              (f"  abstained {row['abstained']:.3f}  attributed {row['attribution_rate']:.3f} (citation recall "
+               f"{row['citation_rec']:.3f}, precision {row['citation_prec']:.3f} over answered)  answer inside its "
+               f"cited passage {row['supported']:.3f}" if with_evidence else ""))
     moderation = evals.run("moderation", out=ctx.path("eval", "moderation"), force=True,
                            moderation=str(Path(__file__).resolve().parents[1] / "configs" / "serve" /
                                           "moderation.yaml"), limit=ec.moderation_limit)
@@ -463,6 +461,34 @@ def _stage_eval(ctx: DemoContext) -> dict:
     print(f"perplexity of the pretrained model on WikiText-2 test (held out): {ppl['perplexity']:.1f} "
           f"({ppl['bits_per_byte']:.3f} bits/byte)")
     return {"qa": qa, "moderation": mod, "perplexity": ppl}
+
+
+def _attribution(ctx: DemoContext, key: str, qa_run) -> dict:
+    """ALCE citation recall/precision of the answers that do not abstain, and the attributed share of all.
+
+    An abstention ("I could not find this in the search results.") makes no claim, so it is left out of
+    the ALCE scoring (the lexical judge would otherwise find its words "results", "find" in many passages)
+    and counts as not attributed in ``attribution_rate`` = (answered / all) x citation recall.
+    """
+    import evals
+    from indexer.data import write_jsonl
+    from rag.citations import remove_citations
+    from rag.templates import ABSTAIN_ANSWER
+
+    from evals.squad import normalize_answer
+
+    abstain = normalize_answer(ABSTAIN_ANSWER)
+    rows = qa_run.per_example
+    answered = [r for r in rows if normalize_answer(remove_citations(r.get("answer") or "")) not in ("", abstain)]
+    scored = {"citation_rec": 0.0, "citation_prec": 0.0, "judge": None}
+    if answered:
+        path = ctx.path("eval", f"qa-{key}", "answered.jsonl")
+        write_jsonl(path, ({"id": r["id"], "answer": r["answer"], "passages": r["passages"]} for r in answered))
+        cited = evals.run("attribution", out=ctx.path("eval", f"attribution-{key}"), force=True, input=str(path))
+        scored = {k: cited.metrics[k] for k in scored}
+    return {**scored, "answered": len(answered), "abstained": 1 - len(answered) / max(len(rows), 1),
+            "attribution_rate": scored["citation_rec"] * len(answered) / max(len(rows), 1),
+            "supported": _supported_rate(rows)}
 
 
 def _supported_rate(rows: list[dict]) -> float:
@@ -630,8 +656,9 @@ def summarize(out: Path, minutes: float) -> dict:
         "f1_retrieval_sft": qa.get("retrieval_sft", {}).get("f1"),
         "f1_retrieval_ppo": qa.get("retrieval_ppo", {}).get("f1"),
         "em_retrieval_sft": qa.get("retrieval_sft", {}).get("exact_match"),
-        "attribution_rate": qa.get("retrieval_ppo", {}).get("citation_rec"),
-        "attribution_rate_sft": qa.get("retrieval_sft", {}).get("citation_rec"),
+        "attribution_rate": qa.get("retrieval_ppo", {}).get("attribution_rate"),
+        "attribution_rate_sft": qa.get("retrieval_sft", {}).get("attribution_rate"),
+        "abstained_ppo": qa.get("retrieval_ppo", {}).get("abstained"),
         "rm_accuracy": rm.get("accuracy"),
         "moderation_leaks": ev.get("moderation", {}).get("leaks"),
         "moderation_leak_rate": ev.get("moderation", {}).get("leak_rate"),

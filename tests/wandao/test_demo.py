@@ -116,6 +116,7 @@ def test_quick_demo_summary_line(quick_demo):
         assert key in summary and summary[key] is not None, key
     assert 0.0 <= summary["f1_retrieval_sft"] <= 100.0 and 0.0 <= summary["rm_accuracy"] <= 1.0
     assert summary["moderation_leaks"] == 0  # the shipped moderation config leaks nothing on its own eval
+    assert 0.0 <= summary["attribution_rate"] <= 1.0 and 0.0 <= summary["abstained_ppo"] <= 1.0
     assert summary["bm25_ndcg@10"] == pytest.approx(0.6789, abs=5e-5)  # Anserini's SciFact number
     assert summary["test_paragraphs_in_training"] == 0
 
