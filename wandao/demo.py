@@ -445,9 +445,9 @@ def _stage_eval(ctx: DemoContext) -> dict:
             row.update(_attribution(ctx, key, result))
         qa[key] = row
         print(f"{label:<20} EM {row['exact_match']:5.1f}  F1 {row['f1']:5.1f}" +
-              (f"  abstained {row['abstained']:.3f}  attributed {row['attribution_rate']:.3f} (citation recall "
-               f"{row['citation_rec']:.3f}, precision {row['citation_prec']:.3f} over answered)  answer inside its "
-               f"cited passage {row['supported']:.3f}" if with_evidence else ""))
+              (f"  abstained {row['abstained']:.3f}  attributed {row['attribution_rate']:.3f} (ALCE citation "
+               f"recall {row['citation_rec']:.1f}, precision {row['citation_prec']:.1f} over answered)  answer "
+               f"inside its cited passage {row['supported']:.3f}" if with_evidence else ""))
     moderation = evals.run("moderation", out=ctx.path("eval", "moderation"), force=True,
                            moderation=str(Path(__file__).resolve().parents[1] / "configs" / "serve" /
                                           "moderation.yaml"), limit=ec.moderation_limit)
@@ -468,7 +468,8 @@ def _attribution(ctx: DemoContext, key: str, qa_run) -> dict:
 
     An abstention ("I could not find this in the search results.") makes no claim, so it is left out of
     the ALCE scoring (the lexical judge would otherwise find its words "results", "find" in many passages)
-    and counts as not attributed in ``attribution_rate`` = (answered / all) x citation recall.
+    and counts as not attributed in ``attribution_rate`` = (answered / all) x citation recall / 100 (a
+    fraction; ``citation_rec``/``citation_prec`` keep ALCE's x100 scale).
     """
     import evals
     from indexer.data import write_jsonl
@@ -487,7 +488,7 @@ def _attribution(ctx: DemoContext, key: str, qa_run) -> dict:
         cited = evals.run("attribution", out=ctx.path("eval", f"attribution-{key}"), force=True, input=str(path))
         scored = {k: cited.metrics[k] for k in scored}
     return {**scored, "answered": len(answered), "abstained": 1 - len(answered) / max(len(rows), 1),
-            "attribution_rate": scored["citation_rec"] * len(answered) / max(len(rows), 1),
+            "attribution_rate": scored["citation_rec"] / 100 * len(answered) / max(len(rows), 1),
             "supported": _supported_rate(rows)}
 
 

@@ -95,17 +95,23 @@ def write_report(out: Path, results: dict[str, dict], timings: dict[str, float],
              "## Headline: what retrieval buys on XQuAD-test", "",
              "Same pretrained model, same SFT steps; the evidence runs read BM25 passages from SciFact + XQuAD "
              "(training: an index without any XQuAD-test paragraph). 244 questions, SQuAD v1.1 EM/F1 (x100).", "",
-             "| system | EM | F1 | citation recall | citation precision | answer found in its cited passage |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| system | EM | F1 | citation recall | citation precision | abstained | attributed | answer inside its "
+             "cited passage |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, key, with_evidence in SYSTEMS:
         row = qa.get(key, {})
         lines.append(f"| {label} | {_fmt(row.get('exact_match'))} | {_fmt(row.get('f1'))} | "
-                     f"{_fmt(row.get('citation_rec'), 3) if with_evidence else '-'} | "
-                     f"{_fmt(row.get('citation_prec'), 3) if with_evidence else '-'} | "
+                     f"{_fmt(row.get('citation_rec'), 1) if with_evidence else '-'} | "
+                     f"{_fmt(row.get('citation_prec'), 1) if with_evidence else '-'} | "
+                     f"{_fmt(row.get('abstained'), 3) if with_evidence else '-'} | "
+                     f"{_fmt(row.get('attribution_rate'), 3) if with_evidence else '-'} | "
                      f"{_fmt(row.get('supported'), 3) if with_evidence else '-'} |")
     judge = qa.get("retrieval_sft", {}).get("judge")
     lines += ["", headline_verdict(qa.get("closed_book", {}).get("f1"), qa.get("retrieval_sft", {}).get("f1")),
-              f"Citation recall/precision: ALCE's definitions, judge `{judge}`." if judge else "", ""]
+              (f"Citation recall/precision (x100): ALCE's definitions over the answers that do not abstain, judge "
+               f"`{judge}`; attributed = citation recall x the answered share, over all questions; the "
+               "last column is the strict check that the answer text occurs in the passage it cites.") if judge else "",
+              ""]
     if qa:
         labels = [label for label, key, _ in SYSTEMS if key in qa]
         plot = _bar_plot(out / "plots" / "headline_f1.png", labels, [qa[k]["f1"] for _, k, _ in SYSTEMS if k in qa],
