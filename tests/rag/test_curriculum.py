@@ -11,7 +11,7 @@ import pytest
 
 from indexer.data import DataError
 from rag.curriculum import (ClozeConfig, TestTextGuard, detokenize_wikitext, find_spans, make_question,
-                            write_cloze_questions)
+                            sentence_windows, write_cloze_questions)
 from rag.xquad import test_titles
 
 # Five articles, one paragraph each; the split rule sends round(0.2 * 5) = 1 of them to test.
@@ -105,6 +105,21 @@ def test_question_for_a_fixture_sentence_hand_checked():
     for seed in range(20):
         q = make_question(s, span, "inplace", random.Random(seed), drop_fraction=0.9)
         assert "Normandy" not in q and len(q.rstrip("?").split()) >= 3
+
+
+def test_sentence_windows_hand_checked():
+    p = {"id": "xquad:T:3", "title": "T", "text": "The Normans came in 911.  They stayed.\nDr. Who left? Yes! End"}
+    assert list(sentence_windows(p)) == [
+        {"_id": "xquad:T:3#s0", "title": "T", "text": "The Normans came in 911."},
+        {"_id": "xquad:T:3#s1", "title": "T", "text": "They stayed."},
+        {"_id": "xquad:T:3#s2", "title": "T", "text": "Dr."},
+        {"_id": "xquad:T:3#s3", "title": "T", "text": "Who left?"},
+        {"_id": "xquad:T:3#s4", "title": "T", "text": "Yes!"},
+        {"_id": "xquad:T:3#s5", "title": "T", "text": "End"}]
+    assert [c["_id"] for c in sentence_windows(p, 4)] == ["xquad:T:3#s0", "xquad:T:3#s4"]
+    assert list(sentence_windows(p, 4))[1]["text"] == "Yes! End"
+    with pytest.raises(ValueError, match="window"):
+        list(sentence_windows(p, 0))
 
 
 def test_detokenize_wikitext():
