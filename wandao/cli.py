@@ -21,6 +21,8 @@ COMMAND_PACKAGES = ("indexer", "rag", "pretrain", "align", "evals")
 
 # Commands that span every package live here rather than in one package.
 BUILTIN_COMMANDS = {"demo": ("wandao.demo:main", "run the end-to-end demo on the mirrored data and write its report")}
+#: Their config classes, as each package's cli.py declares its own (the configs/ tests load every file).
+CONFIGS = {"demo": "wandao.demo:DemoConfig"}
 
 
 def _collect_commands() -> dict[str, tuple[str, str]]:
