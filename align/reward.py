@@ -78,8 +78,10 @@ class ModelSection(Config):
         "help": "cls: [CLS] through the encoder's pooler (encoders); mean: masked mean of the last hidden states "
                 "(BERT-family encoders; how all-MiniLM-L6-v2 was trained); last: last non-pad token (causal LMs); "
                 "auto picks cls or last by the backbone's config"})
-    dropout: Optional[float] = field(default=None, metadata={
-        "help": "set the backbone's hidden/attention dropout (null keeps the backbone's)"})
+    dropout: Optional[float] = field(default=0.0, metadata={
+        "help": "the backbone's hidden/attention dropout while training; 0 (the default, as TRL's RewardConfig "
+                "disable_dropout): a response's reward does not depend on a dropout draw, so the pairwise "
+                "difference the loss sees is the model's, not noise; null keeps the backbone's (0.1 for MiniLM)"})
 
     def __post_init__(self) -> None:
         check_range("dropout", self.dropout, 0.0, 1.0)

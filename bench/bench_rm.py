@@ -44,13 +44,14 @@ def _pairs(n: int, max_length: int):
     return rows, chosen, rejected
 
 
-def run_wandao(rows, chosen, rejected, batch: int, lr: float, group: bool) -> dict:
+def run_wandao(rows, chosen, rejected, batch: int, lr: float, group: bool, dropout: bool) -> dict:
     import torch
 
     from align.reward import LossSection, ModelSection, _Batches, batch_loss, build_reward_model
     from pretrain.optim import OptimConfig, build_optimizer, clip_grad_norm
 
-    rm = build_reward_model(ModelSection(backbone="minilm", pooling="cls"), seed=0)
+    # dropout off = TRL's RewardConfig default (disable_dropout=True); on = the backbone's own 0.1
+    rm = build_reward_model(ModelSection(backbone="minilm", pooling="cls", dropout=None if dropout else 0.0), seed=0)
     model = rm.model.train()
     data = _Batches([[c, r] for c, r in zip(chosen, rejected)], [[0, 1]] * len(rows), [{}] * len(rows),
                     [1] * len(rows))
@@ -71,7 +72,7 @@ def run_wandao(rows, chosen, rejected, batch: int, lr: float, group: bool) -> di
     return {"seconds": dt, "pairs_per_s": len(rows) / dt, "steps": len(batches)}
 
 
-def run_trl(rows, chosen, rejected, batch: int, lr: float) -> dict:
+def run_trl(rows, chosen, rejected, batch: int, lr: float, dropout: bool) -> dict:
     import datasets
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
     from trl import RewardConfig, RewardTrainer
@@ -103,7 +104,9 @@ def run_trl(rows, chosen, rejected, batch: int, lr: float) -> dict:
                             disable_tqdm=True, seed=0, bf16=False, fp16=False,
                             # RewardConfig turns gradient checkpointing on by default (a memory setting);
                             # off here, as in wandao's loop, so both do the same work per step
-                            gradient_checkpointing=False, optim="adamw_torch_fused")
+                            gradient_checkpointing=False, optim="adamw_torch_fused",
+                            # TRL's default turns dropout off; the same setting as wandao's run either way
+                            disable_dropout=not dropout)
         trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
         trainer.train()
     dt = marks["t1"] - marks["t0"]
@@ -166,6 +169,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each counts")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--dropout", choices=("off", "on"), default="off",
+                   help="off: both train without dropout (TRL's default, disable_dropout=True); "
+                        "on: both keep the backbone's dropout (0.1)")
     p.add_argument("--quick", action="store_true", help="1 round of 2 steps (smoke)")
     p.add_argument("--note", default="", help="with --quality-from: what was tried, printed under the table")
     p.add_argument("--quality-from", nargs="+", metavar="RM_DIR",
@@ -190,9 +196,9 @@ def main() -> int:
     for r in range(args.rounds):
         for name in ("wandao", "trl", "wandao-plain"):
             if name == "trl":
-                res = run_trl(rows, chosen, rejected, args.batch, lr)
+                res = run_trl(rows, chosen, rejected, args.batch, lr, args.dropout == "on")
             else:
-                res = run_wandao(rows, chosen, rejected, args.batch, lr, name == "wandao")
+                res = run_wandao(rows, chosen, rejected, args.batch, lr, name == "wandao", args.dropout == "on")
             results[name].append(res)
             print(f"round {r + 1} {name:<13} {res['pairs_per_s']:.2f} pairs/s ({res['seconds']:.1f} s)", flush=True)
     best = {k: max(v, key=lambda x: x["pairs_per_s"]) for k, v in results.items()}
@@ -218,7 +224,9 @@ def main() -> int:
         f"Machine: {describe_machine(info)}; torch {torch.__version__}, transformers {transformers.__version__}.", "",
         "## Training throughput against TRL (same run)", "",
         f"all-MiniLM-L6-v2 + scalar head, fp32 CPU, {args.batch} pairs per step, hh-rlhf helpful-base (train part) "
-        f"token ids given to both (max {args.max_length} tokens), AdamW lr {lr}, clip 1.0; one pass over the same "
+        f"token ids given to both (max {args.max_length} tokens), dropout {args.dropout} in both "
+        f"({'TRL disable_dropout=True, its default; wandao model.dropout 0' if args.dropout == 'off' else 'the backbone 0.1; TRL disable_dropout=False'}), "
+        f"AdamW lr {lr}, clip 1.0; one pass over the same "
         f"{n} pairs ({args.steps} steps; a warm-up pass, then the timed pass) per trainer, best of {args.rounds} alternating rounds.", "",
         table, "",
         f"**wandao / TRL = {ratio:.2f}×** (target ≥ 1.0×).", "",
