@@ -14,7 +14,9 @@
 3. ``LowerCaseFilter``: per code point, Java ``Character.toLowerCase`` (``İ`` -> ``i``, no final sigma).
 4. ``StopFilter`` with ``EnglishAnalyzer.ENGLISH_STOP_WORDS_SET`` (33 words).
 5. ``PorterStemFilter``: Lucene's ``PorterStemmer`` (Martin Porter's reference C version, which
-   differs from Snowball's "porter" in a few rules), ported line by line.
+   differs from Snowball's "porter" in a few rules), ported line by line. Where PyStemmer is
+   installed, words those rules cannot touch go through Snowball's C "porter" instead (5x faster,
+   same stems; see :func:`porter_stem`).
 
 The character classes are Lucene's own: ``indexer/uax29_lucene.json`` holds the class map and the DFA
 of the JFlex-generated ``StandardTokenizerImpl`` (Lucene 9.9.1, regenerate with
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import Iterable
 
 __all__ = ["Analyzer", "LuceneEnglishAnalyzer", "StandardAnalyzer", "WhitespaceAnalyzer", "ENGLISH_STOP_WORDS",
-           "get_analyzer", "java_lower", "porter_stem", "tokenize_uax29", "ANALYZERS"]
+           "get_analyzer", "java_lower", "lucene_porter_stem", "porter_stem", "tokenize_uax29", "ANALYZERS"]
 
 #: Lucene ``EnglishAnalyzer.ENGLISH_STOP_WORDS_SET`` (also Anserini's default stopwords).
 ENGLISH_STOP_WORDS = frozenset(
@@ -129,7 +131,7 @@ class _Tables:
         ascii_first = f"(?={self._cls(_EXTENDNUMLET, _ALETTER, _DIGIT, ascii_only=True)})"
         self.unit_re = re.compile(first + self._token_pattern(ascii_only=False))  # every rule but emoji
         self.fast_re = re.compile(first + self._run_pattern(ascii_only=False))  # no Hebrew, katakana, emoji
-        self.ascii_re = re.compile(ascii_first + self._run_pattern(ascii_only=True))  # the same rules, ASCII
+        self.ascii_re = re.compile(f"{ascii_first}(?:{self._run_pattern(ascii_only=True)})")  # the same rules, ASCII
         self.class_cache: dict[str, int] = {}  # non-ASCII character -> class id
 
     def _run_pattern(self, ascii_only: bool) -> str:
@@ -156,7 +158,14 @@ class _Tables:
         alnum = f"{lseg}(?:{mid_letter}{e}{lseg})*|{nseg}(?:{mid_num}{e}{nseg})*"
         word = f"(?:{eseg})*+(?:{alnum})(?:{alnum}|{eseg})*"
         if ascii_only:
-            return word
+            # Most ASCII tokens are a plain run of letters, digits and "_" that no Mid* character
+            # continues: that run is the whole token (letters, digits and ExtendNumLet join freely),
+            # found by one charset loop. Anything else (a leading "_", a run followed by a Mid* and a
+            # word character) falls through to the full rules from the same position. 1.6x faster on SciFact.
+            word_char = cls(_ALETTER, _DIGIT, _EXTENDNUMLET)
+            any_mid = cls(_MIDLETTER, _MIDNUMLET, _SQ, _MIDNUM)
+            plain = f"{cls(_ALETTER, _DIGIT)}{word_char}*+(?!{any_mid}{word_char})"
+            return f"(?:{eseg})*+{plain}|{word}"
         south_east_asian = f"{cls(_SA, _SA_EXTEND)}(?:{cls(_SA, _SA_EXTEND)}|{ext})*"
         return f"{word}|{south_east_asian}|{cls(_HAN)}{e}|{cls(_HIRAGANA)}{e}"
 
@@ -454,6 +463,29 @@ class _PorterStemmer:
 
 _stemmer_local = threading.local()
 
+#: Substrings that route a word to the line-by-line port. Lucene's stemmer (Porter's reference C
+#: version) departs from Snowball's "porter" in exactly three places, per Porter's own notes:
+#: step 2 maps "bli" -> "ble" (Snowball: "abli" -> "able"), step 2 has an extra "logi" -> "log", and
+#: words of one or two letters are never stemmed. A "bli" or "logi" can only appear mid-stemming if
+#: "bl" or "log" is in the word (earlier steps only add "i", "e", "ate", "ble", "ize" at the end, and
+#: "ble" needs "bl"), so every other word of 3+ ASCII characters stems identically in both.
+#: tests/indexer/test_analysis.py checks this over every distinct token of the mirrored corpora.
+_LUCENE_ONLY = ("bl", "log")
+
+
+def _snowball_porter():
+    """A per-thread Snowball "porter" stemmer (PyStemmer objects are not thread-safe), or ``None``."""
+    st = getattr(_stemmer_local, "snowball", False)
+    if st is False:
+        try:
+            import Stemmer
+
+            st = Stemmer.Stemmer("porter", 0)  # no internal cache: Analyzer caches per distinct token
+        except (ImportError, KeyError):
+            st = None
+        _stemmer_local.snowball = st
+    return st
+
 
 def porter_stem(word: str) -> str:
     """Stem one lowercased token exactly as Lucene's ``PorterStemFilter`` does.
@@ -462,10 +494,19 @@ def porter_stem(word: str) -> str:
         >>> [porter_stem(w) for w in ("generalizations", "oscillators", "dying", "skies")]
         ['gener', 'oscil', 'dy', 'ski']
     """
+    if len(word) > 2 and word.isascii() and "bl" not in word and "log" not in word:
+        fast = _snowball_porter()
+        if fast is not None:
+            return fast.stemWord(word)
+    return lucene_porter_stem(word)
+
+
+def lucene_porter_stem(word: str) -> str:
+    """Lucene's ``PorterStemmer``, ported line by line (pure Python; :func:`porter_stem` is the fast entry)."""
     st = getattr(_stemmer_local, "s", None)
     if st is None:
         st = _stemmer_local.s = _PorterStemmer()
-    if all(ord(c) <= 0xFFFF for c in word):
+    if word.isascii() or max(word) <= "\uffff":
         return st.stem(word)
     # Java stems UTF-16 code units: split supplementary characters into surrogate pairs.
     units = word.encode("utf-16-le", "surrogatepass")
