@@ -476,7 +476,9 @@ class BatchSampler:
         mask = torch.from_numpy(np.asarray(f.loss_mask[idx], dtype=np.float32)) if f.loss_mask is not None else None
         return toks, mask
 
-    def next_batch(self):
+    def next_windows(self):
+        """The next ``B`` raw windows: ``(tokens, mask)``, int64 ``(B, T+1)`` and float ``(B, T+1)`` or None
+        (:meth:`next_batch` splits them into inputs and targets; span corruption reads them whole)."""
         import torch
 
         B, T = self.batch_size, self.block_size
@@ -495,6 +497,13 @@ class BatchSampler:
                 toks[rows] = t
                 if m is not None:
                     mask[rows] = m
+        return toks, mask
+
+    def next_batch(self):
+        import torch
+
+        B, T = self.batch_size, self.block_size
+        toks, mask = self.next_windows()
         x, y = toks[:, :-1], toks[:, 1:]
         m = mask[:, 1:] if mask is not None else (torch.ones(B, T) if self.has_mask else None)
         if self.device != "cpu":

@@ -128,3 +128,26 @@ def encode_ids(tokenizer, text: str) -> list[int]:
         unknown = sorted(set(text) - set(tokenizer.get_vocab())) if len(tokenizer) < 1024 else []
         hint = f" (characters not in the vocabulary: {unknown[:10]!r})" if unknown else ""
         raise ValueError(f"cannot tokenize text{hint}: {err}") from None
+
+
+def ensure_special_tokens(tokenizer, extra: Sequence[str] = (), eos_token: str = EOS_TOKEN,
+                          pad_token: str = PAD_TOKEN) -> int:
+    """Give ``tokenizer`` an EOS, a pad and every token of ``extra`` (e.g. T5's ``<extra_id_N>``
+    sentinels) as special tokens, appending the missing ones after the last id; returns how many
+    were added (0 when it had them all, as a T5 tokenizer or one built with them does)."""
+    new: dict = {}
+    if tokenizer.eos_token is None:
+        new["eos_token"] = eos_token
+    if tokenizer.pad_token is None:
+        new["pad_token"] = pad_token
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in extra if t not in vocab]
+    if missing:
+        new["extra_special_tokens"] = missing
+    if not new:
+        return 0
+    added = tokenizer.add_special_tokens(new, replace_extra_special_tokens=False)
+    names = [new[k] for k in ("eos_token", "pad_token") if k in new] + missing
+    logger.info("added %d special tokens to the tokenizer (%s%s); it has %d tokens now", added,
+                ", ".join(names[:4]), ", ..." if len(names) > 4 else "", len(tokenizer))
+    return added

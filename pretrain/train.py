@@ -3,7 +3,9 @@
 Read it top to bottom: the config, then :func:`main` → set up (tokenizer, data, model, optimizer,
 backend, resume) → the loop, written out in nanoGPT's order (set lr → evaluate/checkpoint →
 forward/backward with gradient accumulation → clip → step → zero grad → log) → save and report.
-The last line printed is a JSON object with ``final_val_loss``, ``steps``, ``tokens_per_s``,
+A t5 model trains on span corruption (:mod:`pretrain.span_corruption`): the sampler yields encoder
+inputs, decoder inputs and targets, and :func:`batch_loss` is the one place where the two kinds of
+batch differ. The last line printed is a JSON object with ``final_val_loss``, ``steps``, ``tokens_per_s``,
 ``out_dir`` (and more).
 
 DeepSpeed runs under its launcher (``deepspeed --num_gpus N -m pretrain.train --config ...``,
@@ -23,7 +25,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Sequence
 
 from pretrain.config import Config, ConfigError, check_range
 from pretrain.optim import OptimConfig, ScheduleConfig
@@ -133,6 +135,20 @@ class DeepSpeedConfig(Config):
 
 
 @dataclass
+class SpanCorruptionConfig(Config):
+    noise_density: float = field(default=0.15, metadata={
+        "help": "t5: share of each raw window's tokens that are masked (Raffel et al. 2020: 0.15)"})
+    mean_noise_span_length: float = field(default=3.0, metadata={"help": "t5: mean length of a masked span"})
+    num_sentinels: int = field(default=100, metadata={
+        "help": "t5: sentinel tokens <extra_id_0>... added to a tokenizer that lacks them (T5's extra_ids)"})
+
+    def __post_init__(self) -> None:
+        check_range("noise_density", self.noise_density, 0.0, 0.9, low_inclusive=False)
+        check_range("mean_noise_span_length", self.mean_noise_span_length, 1.0)
+        check_range("num_sentinels", self.num_sentinels, 1)
+
+
+@dataclass
 class PretrainConfig(Config):
     """``wandao pretrain``'s config: sections map to dotted flags (``--train.max_iters 100``)."""
 
@@ -142,6 +158,8 @@ class PretrainConfig(Config):
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig, metadata={"help": "learning-rate schedule"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "loop, evaluation, checkpoints"})
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig, metadata={"help": "DeepSpeed backend"})
+    span_corruption: SpanCorruptionConfig = field(default_factory=SpanCorruptionConfig, metadata={
+        "help": "t5's objective: the encoder reads a window with spans masked, the decoder writes the spans"})
 
     def __post_init__(self) -> None:
         if self.schedule.decay_iters is not None and self.schedule.decay_iters > 10 * max(1, self.train.max_iters):
@@ -152,6 +170,7 @@ class PretrainConfig(Config):
 EPILOG = """example (nanoGPT's CPU Shakespeare run, ~1-2 minutes on 2 cores):
   wandao pretrain --config configs/pretrain/nanogpt-shakespeare-char.yaml
   wandao pretrain --config configs/pretrain/tiny.yaml --train.max_iters 50 --optim.name lamb
+  wandao pretrain --config configs/pretrain/tiny-t5-span.yaml     # T5 span corruption, ~1 minute
   deepspeed --num_gpus 1 $(which wandao) pretrain --config configs/pretrain/tiny.yaml --train.backend deepspeed
 """
 
@@ -163,16 +182,27 @@ def _dist_info() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def build_tokenizer(cfg: DataConfig, out_dir: Path):
-    """The run's tokenizer, saved to ``out_dir/tokenizer`` (reused when resuming)."""
+def build_tokenizer(cfg: DataConfig, out_dir: Path, extra_special: Sequence[str] = ()):
+    """The run's tokenizer, saved to ``out_dir/tokenizer`` (reused when resuming).
+
+    ``extra_special`` (t5's sentinels) also makes sure of an EOS and a pad token: a char or BPE
+    tokenizer is built with them (BPE counts them in ``vocab_size``); a loaded one that lacks any
+    gets them appended.
+    """
     from pretrain import data as data_lib
     from pretrain import tokenizer as tok_lib
 
     saved = out_dir / "tokenizer"
     if cfg.tokenizer not in ("char", "bpe"):
-        return tok_lib.load_tokenizer(os.path.expandvars(cfg.tokenizer))
+        tok = tok_lib.load_tokenizer(os.path.expandvars(cfg.tokenizer))
+        if extra_special:
+            tok_lib.ensure_special_tokens(tok, extra_special)
+        return tok
     if (saved / "tokenizer.json").exists():
-        return tok_lib.load_tokenizer(saved)
+        tok = tok_lib.load_tokenizer(saved)
+        if extra_special and tok_lib.ensure_special_tokens(tok, extra_special):
+            tok.save_pretrained(str(saved))
+        return tok
     texts = []
     for src in cfg.sources:
         path = Path(os.path.expandvars(os.path.expanduser(src.path)))
@@ -182,16 +212,40 @@ def build_tokenizer(cfg: DataConfig, out_dir: Path):
         docs = list(data_lib.iter_documents(path, src.text_field))
         texts.append(docs)
     if cfg.tokenizer == "char":
-        tok = tok_lib.build_char_tokenizer("".join(d for docs in texts for d in docs))
+        specials = (tok_lib.EOS_TOKEN, tok_lib.PAD_TOKEN, *extra_special) if extra_special else ()
+        tok = tok_lib.build_char_tokenizer("".join(d for docs in texts for d in docs), special_tokens=specials)
     else:
         # Train BPE on the training part only, so validation text stays unseen.
         train_docs = [d for docs in texts for d in data_lib.split_documents(docs, cfg.val_fraction)[0]]
-        tok = tok_lib.train_bpe_tokenizer(train_docs, cfg.vocab_size)
+        tok = tok_lib.train_bpe_tokenizer(train_docs, cfg.vocab_size,
+                                          special_tokens=(tok_lib.EOS_TOKEN, tok_lib.PAD_TOKEN, *extra_special))
     tok.save_pretrained(str(saved))
     return tok
 
 
-def build_data(cfg: PretrainConfig, tokenizer, out_dir: Path, block_size: int, rank: int, device: str):
+def sampler_factory(cfg: PretrainConfig, tokenizer, arch: str, block_size: int) -> Callable:
+    """How token files become batches: ``make(files, weights, seed, device)`` gives next-token windows
+    (decoder-only) or span-corrupted encoder/decoder batches of ``block_size`` encoder tokens (t5)."""
+    from pretrain.data import BatchSampler
+    from pretrain.span_corruption import SpanCorruptionSampler, sentinel_tokens
+
+    B = cfg.train.micro_batch_size
+    if arch != "t5":
+        def make_windows(files, weights, seed, device):
+            return BatchSampler(files, weights, B, block_size, seed, device)
+
+        return make_windows
+    sc = cfg.span_corruption
+    sentinel_ids = tokenizer.convert_tokens_to_ids(sentinel_tokens(sc.num_sentinels))
+
+    def make_spans(files, weights, seed, device):
+        return SpanCorruptionSampler(files, weights, B, block_size, seed, sentinel_ids, tokenizer.eos_token_id,
+                                     tokenizer.pad_token_id, sc.noise_density, sc.mean_noise_span_length, device)
+
+    return make_spans
+
+
+def build_data(cfg: PretrainConfig, tokenizer, out_dir: Path, make_sampler: Callable, rank: int, device: str):
     from pretrain import data as data_lib
 
     if not cfg.data.sources:
@@ -202,9 +256,8 @@ def build_data(cfg: PretrainConfig, tokenizer, out_dir: Path, block_size: int, r
     sources = [data_lib.prepare_source(s.path, tokenizer, cache, cfg.data.val_fraction, name=s.name,
                                        weight=s.weight, text_field=s.text_field, tokenizer_id=tok_id)
                for s in cfg.data.sources]
-    B = cfg.train.micro_batch_size
     seed = cfg.train.seed + 1000 * rank  # each rank draws its own windows
-    train = data_lib.BatchSampler([s.train for s in sources], [s.weight for s in sources], B, block_size, seed, device)
+    train = make_sampler([s.train for s in sources], [s.weight for s in sources], seed, device)
     val_sources = [s for s in sources if s.val is not None]
     val_files = [s.val for s in val_sources]
     if not val_files:
@@ -237,8 +290,7 @@ class _Evaluator:
     (the same windows each time: comparable curves, nothing to save for resume)."""
 
     files: dict[str, tuple[list, list]]
-    batch_size: int
-    block_size: int
+    make_sampler: Callable  # sampler_factory's make(files, weights, seed, device)
     iters: int
     seed: int
     device: str
@@ -246,19 +298,31 @@ class _Evaluator:
     def __call__(self, forward) -> dict[str, float]:
         import torch
 
-        from pretrain.data import BatchSampler
-
         out = {}
         for split, (files, weights) in self.files.items():
             if not files:
                 continue
-            sampler = BatchSampler(files, weights, self.batch_size, self.block_size, self.seed, self.device)
+            sampler = self.make_sampler(files, weights, self.seed, self.device)
             losses = torch.zeros(self.iters)
             for k in range(self.iters):
-                x, y, m = sampler.next_batch()
-                losses[k] = forward(x, y, m).float()
+                losses[k] = forward(sampler.next_batch()).float()
             out[split] = losses.mean().item()  # sync point (eval only)
         return out
+
+
+def batch_loss(model, batch):
+    """How a batch becomes a loss. Decoder-only ``(x, y, loss_mask)``: next-token cross-entropy over
+    the unmasked targets. t5's :class:`~pretrain.span_corruption.Seq2SeqBatch`: the encoder reads
+    ``enc_idx``, the decoder reads ``idx``, cross-entropy over every target token."""
+    if hasattr(batch, "enc_idx"):
+        return model(batch.idx, batch.targets, enc_idx=batch.enc_idx)[1]
+    x, y, m = batch
+    return model(x, y, loss_mask=m)[1]
+
+
+def _to_device(batch, device):
+    moved = [None if t is None else t.to(device) for t in batch]
+    return type(batch)(*moved) if hasattr(batch, "_fields") else tuple(moved)
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -298,6 +362,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     from pretrain.data import mixture_report
     from pretrain.model import build_model, load_pretrained
     from pretrain.optim import LRSchedule, build_optimizer, clip_grad_norm, set_lr
+    from pretrain.span_corruption import sentinel_tokens
 
     tc = cfg.train
     use_ds = tc.backend == "deepspeed"
@@ -312,34 +377,46 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     # -- tokenizer and data (rank 0 first: it writes the tokenizer and the token cache the others read)
     if world > 1 and rank != 0:
         torch.distributed.barrier()
-    tokenizer = build_tokenizer(cfg.data, out_dir)
-    torch.manual_seed(tc.seed)
+    model = None
     if resume_from is not None:
         model = load_pretrained(resume_from)
     elif cfg.model.init_from:
         model = load_pretrained(os.path.expandvars(cfg.model.init_from))
-    else:
+    arch = model.cfg.arch if model is not None else build_model_config(cfg.model, 1).arch
+    # t5's span corruption needs sentinels, an EOS and a pad (the decoder's start token) in the vocabulary.
+    sentinels = sentinel_tokens(cfg.span_corruption.num_sentinels) if arch == "t5" else ()
+    tokenizer = build_tokenizer(cfg.data, out_dir, sentinels)
+    torch.manual_seed(tc.seed)
+    if model is None:
         model = build_model(build_model_config(cfg.model, len(tokenizer)))
     mcfg = model.cfg
     if mcfg.vocab_size < len(tokenizer):
         raise ConfigError(f"the model's vocab_size={mcfg.vocab_size} is smaller than the tokenizer ({len(tokenizer)})",
                           "model.vocab_size")
-    if mcfg.arch == "t5":
-        raise ConfigError("wandao pretrain trains decoder-only models; t5 presets need an encoder-decoder "
-                          "data pipeline", "model.preset")
-    T = mcfg.block_size
-    sources, sampler, val_files, val_weights = build_data(cfg, tokenizer, out_dir, T, rank,
+    T = mcfg.block_size  # t5: the encoder's input length
+    make_sampler = sampler_factory(cfg, tokenizer, arch, T)
+    sources, sampler, val_files, val_weights = build_data(cfg, tokenizer, out_dir, make_sampler, rank,
                                                          device if not use_ds else "cpu")
     if world > 1 and rank == 0:
         torch.distributed.barrier()
     B, accum = tc.micro_batch_size, tc.grad_accum_steps
-    tokens_per_step = B * T * accum * world
+    # Tokens a row consumes from the data: T next-token targets, or t5's raw window (inputs + targets
+    # less the sentinels and EOS).
+    row_tokens = sampler.tokens_length if arch == "t5" else T
+    tokens_per_step = B * row_tokens * accum * world
+    # The transformers config ids a t5 folder needs (decoder_start = pad, as T5); decoder-only: none.
+    hf_ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
+              "decoder_start_token_id": tokenizer.pad_token_id} if arch == "t5" else {}
+    if master and arch == "t5":
+        logger.info("span corruption: %d raw tokens -> %d encoder + %d target tokens (noise density %.2f, "
+                    "mean span %.1f)", sampler.tokens_length, T, sampler.targets_length,
+                    cfg.span_corruption.noise_density, cfg.span_corruption.mean_noise_span_length)
     if master:
         for row in mixture_report(sources, tokens_per_step, tc.max_iters):
             logger.info("data %-20s weight %.3f  train tokens %12d  draws %12d  = %.2f epochs", row["source"],
                         row["weight"], row["train_tokens"], row["tokens_seen"], row["epochs"])
     evaluator = _Evaluator({"train": ([s.train for s in sources], [s.weight for s in sources]),
-                            "val": (val_files, val_weights)}, B, T, tc.eval_iters, tc.seed + 7, device)
+                            "val": (val_files, val_weights)}, make_sampler, tc.eval_iters, tc.seed + 7, device)
 
     # -- model, optimizer, backend
     model.to(device)
@@ -377,9 +454,9 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
                     mcfg.arch, n_params / 1e6, flops_per_token, tokens_per_step, device, dtype,
                     f"; deepspeed ZeRO-{cfg.deepspeed.zero_stage}" if use_ds else "")
 
-    def forward_loss(x, y, m):
+    def forward_loss(batch):
         with torch.no_grad(), ctx:
-            return (engine if use_ds else train_model)(x, y, loss_mask=m)[1]
+            return batch_loss(engine if use_ds else train_model, batch)
 
     def evaluate(step: int) -> dict[str, float]:
         model.eval()
@@ -397,10 +474,14 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         trainer_state = {"step": step, "sampler": sampler.state_dict(), "schedule": schedule.state_dict(),
                          "rng": ckpt.rng_state()}
         readable = {"val_loss": last_eval.get("val_loss"), "tokens_seen": step * tokens_per_step}
+        def save_model(folder: Path) -> None:
+            model.save_pretrained(folder, force=True, **hf_ids)
+
         if use_ds:
-            _deepspeed_save(engine, model, out_dir, step, trainer_state, readable, tokenizer, cfg, rank, world)
+            _deepspeed_save(engine, model, out_dir, step, trainer_state, readable, tokenizer, cfg, rank, world,
+                            save_model=save_model)
         elif master:
-            ckpt.save_checkpoint(out_dir, step, model.save_pretrained, optimizer.state_dict(), trainer_state,
+            ckpt.save_checkpoint(out_dir, step, save_model, optimizer.state_dict(), trainer_state,
                                  readable, tokenizer=tokenizer, config=cfg, keep=tc.keep_checkpoints)
 
     # -- the loop, in nanoGPT's order
@@ -429,16 +510,14 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         t_train = time.perf_counter()
 
         for micro in range(accum):
-            x, y, m = sampler.next_batch()
+            batch = sampler.next_batch()
             if use_ds:
-                loss = engine(x.to(engine.device), y.to(engine.device),
-                              loss_mask=None if m is None else m.to(engine.device))[1]
+                loss = batch_loss(engine, _to_device(batch, engine.device))
                 engine.backward(loss)  # scales by 1/accum itself
                 engine.step()  # only steps (clip, update, zero grad) at the accumulation boundary
             else:
                 with ctx:
-                    _, loss = train_model(x, y, loss_mask=m)
-                    loss = loss / accum
+                    loss = batch_loss(train_model, batch) / accum
                 loss.backward()
             if accum > 1:  # the logged loss is the mean over micro-batches (no sync: a device tensor)
                 loss_sum = loss.detach() if micro == 0 else loss_sum + loss.detach()
@@ -616,7 +695,8 @@ def main(argv: list[str] | None = None) -> int:
     # The deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment says the same.
     argv = [a for a in argv if not a.startswith("--local_rank")]
     cfg = PretrainConfig.parse(argv, prog="wandao pretrain",
-                               description="Pretrain a decoder-only LM (plain torch or DeepSpeed).", epilog=EPILOG)
+                               description="Pretrain a decoder-only LM or a T5-style encoder-decoder "
+                                           "(plain torch or DeepSpeed).", epilog=EPILOG)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=os.environ.get("WANDAO_LOG_LEVEL", "INFO"),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

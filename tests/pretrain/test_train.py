@@ -165,3 +165,75 @@ def test_bpe_mixture_of_two_sources(tmp_path, data_dir, caplog):
     report = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data ")]
     assert [line.split()[1] for line in report] == ["shakespeare", "wikitext"]
     assert "weight 0.750" in report[0] and "weight 0.250" in report[1]
+
+
+def _t5_cfg(out_dir, cache, data_dir, **overrides) -> PretrainConfig:
+    # tiny-t5 (2+2 layers x 32) reading 32 encoder tokens: 34 raw tokens, 5 masked in 2 spans, 8 targets
+    return _cfg(out_dir, cache, data_dir, **{"model.preset": "tiny-t5", "model.block_size": "32", **overrides})
+
+
+def test_t5_span_corruption_lowers_val_loss(tmp_path, cache, data_dir):
+    from pretrain.span_corruption import sentinel_tokens
+
+    summary = run(_t5_cfg(tmp_path / "t5", cache, data_dir, **{"train.max_iters": "100", "train.eval_interval": "50"}))
+    evals = [r for r in read_metrics(tmp_path / "t5" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 50, 100]
+    # 65 characters + EOS + pad + 100 sentinels = 167 tokens: a fresh model starts near ln(167) = 5.12
+    assert evals[0]["val_loss"] == pytest.approx(np.log(167), abs=0.05)
+    # 100 steps of this seeded run reach 3.86 target loss (2026-12-06)
+    assert summary["final_val_loss"] == pytest.approx(3.86, abs=0.1)
+    assert summary["final_val_loss"] < evals[1]["val_loss"] < evals[0]["val_loss"] - 0.8
+    assert summary["final_val_ppl"] == pytest.approx(np.exp(summary["final_val_loss"]))
+    assert summary["arch"] == "t5" and summary["steps"] == 100
+    assert summary["tokens"] == 100 * 8 * 34  # steps x rows x raw tokens per row
+    train = [r for r in read_metrics(tmp_path / "t5" / "metrics.jsonl") if r["kind"] == "train"]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_mb"} <= set(train[0])
+    # the saved tokenizer carries the sentinels, EOS and pad the span corruption used
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "t5" / "step-00000100"))
+    assert len(tok) == 167 and tok.eos_token == "<|endoftext|>" and tok.pad_token == "<|pad|>"
+    assert tok.convert_tokens_to_ids(sentinel_tokens(100)) == list(range(67, 167))
+    assert tok.convert_tokens_to_ids(["\n", " ", "z"]) == [0, 1, 64]  # nanoGPT's character ids are kept
+
+
+def test_t5_resume_is_exact(tmp_path, cache, data_dir):
+    from pretrain.model import load_pretrained
+
+    extra = {"train.max_iters": "12", "train.checkpoint_interval": "6", "train.keep_checkpoints": "0",
+             "model.dropout": "0.1"}
+    run(_t5_cfg(tmp_path / "full", cache, data_dir, **extra))
+    resumed = run(_t5_cfg(tmp_path / "resumed", cache, data_dir, **extra,
+                          **{"train.resume": str(tmp_path / "full" / "step-00000006")}))
+    full, again = _train_losses(tmp_path / "full"), _train_losses(tmp_path / "resumed")
+    assert sorted(again) == list(range(6, 12))
+    assert [again[s] for s in range(6, 12)] == [full[s] for s in range(6, 12)]  # exact equality
+    assert resumed["steps_this_run"] == 6 and resumed["arch"] == "t5"
+    a = load_pretrained(tmp_path / "full" / "step-00000012").state_dict()
+    b = load_pretrained(tmp_path / "resumed" / "step-00000012").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_t5_checkpoint_loads_in_transformers_with_the_same_logits(tmp_path, cache, data_dir):
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    from pretrain.data import open_tokens
+    from pretrain.model import load_pretrained
+    from pretrain.span_corruption import SpanCorruptionSampler, sentinel_tokens
+
+    run(_t5_cfg(tmp_path / "t5", cache, data_dir, **{"train.max_iters": "5"}))
+    ckpt = tmp_path / "t5" / "step-00000005"
+    hf = T5ForConditionalGeneration.from_pretrained(str(ckpt)).eval()
+    tok = AutoTokenizer.from_pretrained(str(ckpt))
+    assert hf.config.decoder_start_token_id == hf.config.pad_token_id == tok.pad_token_id
+    assert hf.config.eos_token_id == tok.eos_token_id and hf.config.vocab_size == len(tok)
+    ours = load_pretrained(ckpt).eval()
+    val = next(p for p in cache.glob("*/val") if open_tokens(p).meta["vocab_size"] == len(tok))  # this run's
+    sampler = SpanCorruptionSampler([open_tokens(val)], None, 4, 32, 0, tok.convert_tokens_to_ids(sentinel_tokens(100)),
+                                    tok.eos_token_id, tok.pad_token_id)
+    enc, dec, labels = sampler.next_batch()
+    with torch.no_grad():
+        out = hf(input_ids=enc, decoder_input_ids=dec, labels=labels)
+        logits, loss = ours(dec, labels, enc_idx=enc)
+    torch.testing.assert_close(logits, out.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss, out.loss, atol=1e-6, rtol=1e-6)
