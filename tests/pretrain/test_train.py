@@ -237,3 +237,20 @@ def test_t5_checkpoint_loads_in_transformers_with_the_same_logits(tmp_path, cach
         logits, loss = ours(dec, labels, enc_idx=enc)
     torch.testing.assert_close(logits, out.logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(loss, out.loss, atol=1e-6, rtol=1e-6)
+
+
+def test_t5_bpe_tokenizer_counts_the_sentinels_in_its_vocabulary(tmp_path, data_dir):
+    from transformers import AutoTokenizer
+
+    from pretrain.span_corruption import sentinel_tokens
+
+    text = tmp_path / "shakespeare.txt"
+    text.write_text((data_dir / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:100_000])
+    summary = run(_t5_cfg(tmp_path / "bpe", tmp_path / "cache", data_dir, **{
+        "data.sources": [{"path": str(text)}], "data.tokenizer": "bpe", "data.vocab_size": "512",
+        "model.vocab_size": "512", "span_corruption.num_sentinels": "20", "train.max_iters": "3"}))
+    assert summary["steps"] == 3 and summary["final_val_loss"] < np.log(512) + 0.05
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "bpe" / "tokenizer"))
+    # EOS and pad take ids 0 and 1, the 20 sentinels 2..21, merges the rest up to 512
+    assert len(tok) == 512 and (tok.eos_token_id, tok.pad_token_id) == (0, 1)
+    assert tok.convert_tokens_to_ids(sentinel_tokens(20)) == list(range(2, 22))
