@@ -170,8 +170,8 @@ class SpanCorruptionSampler:
     with encoder inputs of exactly ``input_length`` tokens.
 
     Example:
-        >>> s = SpanCorruptionSampler(files, None, 8, 32, seed=0, sentinel_ids=ids, eos_id=1, pad_id=2)  # doctest: +SKIP
-        >>> enc, dec, labels = s.next_batch()  # (8, 32), (8, 8), (8, 8)
+        >>> s = SpanCorruptionSampler(files, None, 8, 32, 0, sentinel_ids, eos_id=1, pad_id=2)  # doctest: +SKIP
+        >>> enc, dec, labels = s.next_batch()  # (8, 32), (8, 8), (8, 8)  # doctest: +SKIP
     """
 
     def __init__(self, files: Sequence["TokenFile"], weights: Sequence[float] | None, batch_size: int,
