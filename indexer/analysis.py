@@ -463,16 +463,6 @@ class _PorterStemmer:
 
 _stemmer_local = threading.local()
 
-#: Substrings that route a word to the line-by-line port. Lucene's stemmer (Porter's reference C
-#: version) departs from Snowball's "porter" in exactly three places, per Porter's own notes:
-#: step 2 maps "bli" -> "ble" (Snowball: "abli" -> "able"), step 2 has an extra "logi" -> "log", and
-#: words of one or two letters are never stemmed. A "bli" or "logi" can only appear mid-stemming if
-#: "bl" or "log" is in the word (earlier steps only add "i", "e", "ate", "ble", "ize" at the end, and
-#: "ble" needs "bl"), so every other word of 3+ ASCII characters stems identically in both.
-#: tests/indexer/test_analysis.py checks this over every distinct token of the mirrored corpora.
-_LUCENE_ONLY = ("bl", "log")
-
-
 def _snowball_porter():
     """A per-thread Snowball "porter" stemmer (PyStemmer objects are not thread-safe), or ``None``."""
     st = getattr(_stemmer_local, "snowball", False)
@@ -494,6 +484,13 @@ def porter_stem(word: str) -> str:
         >>> [porter_stem(w) for w in ("generalizations", "oscillators", "dying", "skies")]
         ['gener', 'oscil', 'dy', 'ski']
     """
+    # "bl" and "log" route a word to the line-by-line port. Lucene's stemmer (Porter's reference C
+    # version) departs from Snowball's "porter" in exactly three places, per Porter's own notes:
+    # step 2 maps "bli" -> "ble" (Snowball: "abli" -> "able"), step 2 has an extra "logi" -> "log", and
+    # words of one or two letters are never stemmed. A "bli" or "logi" can only appear mid-stemming if
+    # "bl" or "log" is in the word (earlier steps only add "i", "e", "ate", "ble", "ize" at the end, and
+    # "ble" needs "bl"), so every other word of 3+ ASCII characters stems identically in both.
+    # tests/indexer/test_analysis.py checks this over every distinct token of the mirrored corpora.
     if len(word) > 2 and word.isascii() and "bl" not in word and "log" not in word:
         fast = _snowball_porter()
         if fast is not None:
