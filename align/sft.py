@@ -102,6 +102,8 @@ class DataSection(Config):
         "help": "pack several examples per row (EOS-separated, causal attention across them; see the docstring)"})
     unknown_chars: Literal["error", "drop"] = field(default="error", metadata={
         "help": "characters a character-level vocabulary lacks: error names the row, drop removes them"})
+    prompt_loss: bool = field(default=False, metadata={
+        "help": "also learn the prompt tokens (evidence included) of training rows; validation stays response-only"})
     limit: Optional[int] = field(default=None, metadata={"help": "read at most this many training rows"})
 
     def __post_init__(self) -> None:
@@ -584,6 +586,11 @@ def build_rows(cfg: SFTConfig, tokenizer, max_tokens: int) -> tuple[list, list, 
         raise ConfigError("every training row is empty after encoding (no response tokens)", "data.train")
     stats = {"train_examples": len(train), "val_examples": len(val),
              "response_tokens": sum(sum(m[1:]) for _, m in train), **counts}
+    if dc.prompt_loss:
+        # The evidence rows' prompts hold the copying signal a small model lacks (a cloze question restates
+        # its evidence sentence): learning every token gives ~30x the supervised tokens of the response alone.
+        train = [(ids, [1] * len(ids)) for ids, _ in train]
+    stats["loss_tokens"] = sum(sum(m[1:]) for _, m in train)
     if dc.packing:
         order = list(range(len(train)))
         random.Random(cfg.train.seed).shuffle(order)  # packing order is fixed per seed: resume sees the same rows

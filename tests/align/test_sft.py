@@ -213,6 +213,23 @@ def test_packed_run_trains(tmp_path, tiny_model):
     assert summary["final_val_loss"] < summary["initial_val_loss"]
 
 
+def test_prompt_loss_learns_every_training_token_but_validates_on_the_response(tmp_path, tiny_model, tok):
+    from align.sft import build_rows
+
+    rows = _rows(40, short=True)
+    data = _write(tmp_path / "sft.jsonl", rows)
+    cfg = _cfg(tiny_model, data, tmp_path / "pl", max_iters=1, eval_interval=1, micro_batch_size=2, plot=False)
+    cfg.data.val_fraction = 0.25
+    base_train, base_val, base_stats = build_rows(cfg, tok, 127)
+    cfg.data.prompt_loss = True
+    train, val, stats = build_rows(cfg, tok, 127)
+    assert [ids for ids, _ in train] == [ids for ids, _ in base_train] and val == base_val
+    assert all(mask == [1] * len(ids) for ids, mask in train)
+    # every token but each row's first is a target: the response tokens plus the prompt tokens after the first
+    assert stats["loss_tokens"] == sum(len(ids) - 1 for ids, _ in train) > base_stats["loss_tokens"]
+    assert base_stats["loss_tokens"] == base_stats["response_tokens"] == stats["response_tokens"]
+
+
 def test_bad_rows_name_file_line_and_field(tmp_path, tok):
     from indexer.data import DataError
 
