@@ -771,7 +771,10 @@ def run(cfg: RMConfig) -> dict[str, Any]:
         for src, m in final.items():
             flat[f"{src} accuracy"] = m["accuracy"]
             flat[f"{src} ece"] = m["ece"]
-        write_summary(tmp, flat, title="wandao reward model")
+        heads = " `rm_heads.py` (the mean-pooling head: trust_remote_code)," if rm.meta["pooling"] == "mean" else ""
+        write_summary(tmp, flat, title="wandao reward model",
+                      files=f"`model.safetensors` + `config.json` (the scored backbone), `rm_config.yaml` (the run's "
+                            f"config),{heads} the tokenizer, `eval.json`, `metrics.jsonl`, `loss.png`.")
     import shutil
 
     shutil.rmtree(tmp_metrics, ignore_errors=True)

@@ -105,14 +105,18 @@ def plot_loss_curve(metrics_path: str | os.PathLike, png_path: str | os.PathLike
     return png_path
 
 
-def write_summary(out_dir: str | os.PathLike, summary: dict, title: str = "wandao pretrain run") -> Path:
-    """A short ``summary.md`` in the run folder: the final numbers and where the files are."""
+RUN_FILES = "`config.yaml` (the run's config), `metrics.jsonl`, `loss.png`, `step-XXXXXXXX/` checkpoints."
+
+
+def write_summary(out_dir: str | os.PathLike, summary: dict, title: str = "wandao pretrain run",
+                  files: str = RUN_FILES) -> Path:
+    """A short ``summary.md`` in the run folder: the final numbers and ``files``, the folder's contents."""
     lines = [f"# {title}", "", "| metric | value |", "| --- | --- |"]
     for k, v in summary.items():
         if isinstance(v, float):
             v = f"{v:.4g}"
         lines.append(f"| {k} | {v} |")
-    lines += ["", "Files: `config.yaml` (the run's config), `metrics.jsonl`, `loss.png`, `step-XXXXXXXX/` checkpoints.", ""]
+    lines += ["", f"Files: {files}", ""]
     path = Path(out_dir) / "summary.md"
     tmp = path.with_name(".summary.md.tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")

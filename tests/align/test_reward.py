@@ -1,6 +1,7 @@
 """Reward models end to end on tiny, locally built backbones: train, save, reload in transformers, eval, score."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,8 @@ def test_saved_folder_reloads_in_transformers_with_equal_rewards(trained):
     files = {p.name for p in Path(out).iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "rm_config.yaml", "metrics.jsonl", "eval.json",
             "summary.md"} <= files
+    named = re.findall(r"`([^`]+)`", (Path(out) / "summary.md").read_text().split("Files:", 1)[1])
+    assert named and set(named) <= files  # summary.md lists what the folder holds, nothing else
     hf = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
     tok = AutoTokenizer.from_pretrained(str(out))
     assert type(hf).__name__ == "BertForSequenceClassification" and hf.config.num_labels == 1
