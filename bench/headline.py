@@ -75,11 +75,13 @@ def stage_chunks(out: Path) -> None:
                 len(excluded))
 
 
-def stage_cloze(out: Path, examples: int) -> None:
+def stage_cloze(out: Path, examples: int, easy: bool = False) -> None:
     from rag.curriculum import write_cloze_questions
 
+    # easy: the blank stays in place and no context word is dropped, so the question restates its sentence
+    options = {"drop_fraction": 0.0, "fronted_fraction": 0.0} if easy else {}
     write_cloze_questions(["xquad-en:train", *[_expand(s) for s in WIKITEXT]], out / "cloze.jsonl",
-                          examples=examples, seed=0)
+                          examples=examples, seed=0, **options)
 
 
 def _answer_in_evidence(row: dict) -> bool:
@@ -162,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     ap.add_argument("--force", action="store_true", help="redo stages whose outputs exist")
     ap.add_argument("--cloze-examples", type=int, default=80_000, help="cloze questions (the sources hold ~55k)")
+    ap.add_argument("--easy-cloze", action="store_true",
+                    help="cloze questions that keep every word in place (probe C's data)")
     ap.add_argument("--xquad-repeat", type=int, default=5, help="copies of each XQuAD-train row in the mix")
     ap.add_argument("--pretrain-config", default="configs/headline/pretrain.yaml")
     ap.add_argument("--init", default=None, help="SFT start checkpoint (default: the pretrain run's last step)")
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         if stage == "chunks":
             stage_chunks(out)
         elif stage == "cloze":
-            stage_cloze(out, args.cloze_examples)
+            stage_cloze(out, args.cloze_examples, args.easy_cloze)
         elif stage == "sft-data":
             stage_sft_data(out, init or str(pre_dir / "tokenizer"), args.xquad_repeat)
         elif stage == "pretrain":
