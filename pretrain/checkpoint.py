@@ -109,10 +109,22 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, save_model: Callable[
         if extra is not None:
             extra(tmp)
     logger.info("saved checkpoint %s", final)
-    if keep > 0:
-        for old in list_checkpoints(out_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(out_dir, keep, final)
     return final
+
+
+def prune_checkpoints(out_dir: str | os.PathLike, keep: int, just_saved: Path) -> None:
+    """Keep ``just_saved`` and the newest ``keep - 1`` other checkpoints (``keep`` 0 keeps all).
+
+    ``just_saved`` always survives: a fresh run in a folder that still holds a higher-step checkpoint of an
+    earlier run would otherwise delete its own newest checkpoint and leave the stale one as "latest".
+    """
+    if keep <= 0:
+        return
+    others = [p for p in list_checkpoints(out_dir) if p.resolve() != Path(just_saved).resolve()]
+    for old in others[:max(0, len(others) - (keep - 1))]:
+        logger.info("pruning checkpoint %s (keep_checkpoints %d)", old, keep)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
@@ -132,6 +144,10 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
 def resolve_resume(resume: str | None, out_dir: str | os.PathLike) -> Path | None:
     """``None``: fresh start. ``"auto"``: the newest checkpoint in ``out_dir`` (or fresh). Else a step folder."""
     if resume is None:
+        stale = list_checkpoints(out_dir)
+        if stale:
+            logger.warning("fresh start in %s, which holds %d checkpoint(s) of an earlier run (newest %s); "
+                           "they are pruned as this run saves its own", out_dir, len(stale), stale[-1].name)
         return None
     if resume == "auto":
         return latest_checkpoint(out_dir)

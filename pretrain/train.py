@@ -680,9 +680,7 @@ def _deepspeed_save(engine, model, out_dir: Path, step: int, trainer_state: dict
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        if cfg.train.keep_checkpoints > 0:
-            for old in ckpt.list_checkpoints(out_dir)[:-cfg.train.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+        ckpt.prune_checkpoints(out_dir, cfg.train.keep_checkpoints, final)
     dist.barrier()
 
 
