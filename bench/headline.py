@@ -154,8 +154,9 @@ def stage_eval(out: Path, dataset: str) -> dict:
 
 
 def _latest_step(run_dir: Path) -> Path | None:
-    steps = sorted(run_dir.glob("step-*[0-9]"))
-    return steps[-1] if steps else None
+    from pretrain.checkpoint import latest_checkpoint
+
+    return latest_checkpoint(run_dir)
 
 
 def main(argv: list[str] | None = None) -> dict:

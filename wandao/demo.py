@@ -263,6 +263,7 @@ def _stage_search(ctx: DemoContext) -> dict:
 def _stage_pretrain(ctx: DemoContext) -> dict:
     """BPE tokenizer, retrieval-augmented chunks, then pretraining; WikiText-2 test is never trained on."""
     from indexer.data import write_jsonl
+    from pretrain.checkpoint import step_dir_name
     from pretrain.config import from_dict
     from pretrain.tokenizer import train_bpe_tokenizer
     from pretrain.train import PretrainConfig, run
@@ -301,7 +302,7 @@ def _stage_pretrain(ctx: DemoContext) -> dict:
     }, source="wandao demo (pretrain)")
     summary = run(cfg)
     final = work / "final"  # the model the later stages start from
-    last = sorted((work / "run").glob("step-*"))[-1]
+    last = work / "run" / step_dir_name(summary["steps"])  # this run's, never a folder an earlier run left
     tmp = work / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(last, tmp, ignore=shutil.ignore_patterns("optimizer*", "trainer_state*", "rng*", "*.pt"))
