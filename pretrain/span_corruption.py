@@ -154,11 +154,13 @@ def shift_right(targets: "torch.Tensor", decoder_start_token_id: int) -> "torch.
 
 
 class Seq2SeqBatch(NamedTuple):
-    """One encoder-decoder batch: ``enc_idx`` (B, S), ``idx`` decoder inputs (B, T), ``targets`` (B, T)."""
+    """One encoder-decoder batch: ``enc_idx`` (B, S), ``idx`` decoder inputs (B, T), ``targets`` (B, T;
+    -100 is ignored by the loss), and ``enc_mask`` (B, S; 1 = token) when encoder rows are padded."""
 
     enc_idx: "torch.Tensor"
     idx: "torch.Tensor"
     targets: "torch.Tensor"
+    enc_mask: "torch.Tensor | None" = None
 
 
 class SpanCorruptionSampler:
@@ -211,7 +213,7 @@ class SpanCorruptionSampler:
         enc, targets = corrupt_spans(toks, noise, self.sentinel_ids, self.eos_id)
         batch = Seq2SeqBatch(enc, shift_right(targets, self.pad_id), targets)
         if self.device != "cpu":
-            batch = Seq2SeqBatch(*(t.pin_memory().to(self.device, non_blocking=True) for t in batch))
+            batch = Seq2SeqBatch(*(t.pin_memory().to(self.device, non_blocking=True) for t in batch[:3]))
         return batch
 
     def state_dict(self) -> dict:

@@ -3,9 +3,10 @@
 Read it top to bottom: the config, then :func:`main` → set up (tokenizer, data, model, optimizer,
 backend, resume) → the loop, written out in nanoGPT's order (set lr → evaluate/checkpoint →
 forward/backward with gradient accumulation → clip → step → zero grad → log) → save and report.
-A t5 model trains on span corruption (:mod:`pretrain.span_corruption`): the sampler yields encoder
-inputs, decoder inputs and targets, and :func:`batch_loss` is the one place where the two kinds of
-batch differ. The last line printed is a JSON object with ``final_val_loss``, ``steps``, ``tokens_per_s``,
+A t5 model trains on span corruption over token streams (:mod:`pretrain.span_corruption`) or, over
+``wandao augment pretrain`` rows, reads the retrieved evidence through its encoder and writes the chunk
+(:mod:`pretrain.evidence_seq2seq`): the sampler yields encoder inputs, decoder inputs and targets, and
+:func:`batch_loss` is the one place where the two kinds of batch differ. The last line printed is a JSON object with ``final_val_loss``, ``steps``, ``tokens_per_s``,
 ``out_dir`` (and more).
 
 DeepSpeed runs under its launcher (``deepspeed --num_gpus N -m pretrain.train --config ...``,
@@ -225,8 +226,11 @@ def build_tokenizer(cfg: DataConfig, out_dir: Path, extra_special: Sequence[str]
 
 def sampler_factory(cfg: PretrainConfig, tokenizer, arch: str, block_size: int) -> Callable:
     """How token files become batches: ``make(files, weights, seed, device)`` gives next-token windows
-    (decoder-only) or span-corrupted encoder/decoder batches of ``block_size`` encoder tokens (t5)."""
+    (decoder-only) or, for t5, encoder/decoder batches of at most ``block_size`` encoder tokens: span
+    corruption over token streams, or, over ``wandao augment pretrain`` rows (packed, with a loss mask),
+    the retrieved evidence through the encoder and the chunk as the decoder's target."""
     from pretrain.data import BatchSampler
+    from pretrain.evidence_seq2seq import EvidenceSeq2SeqSampler, find_examples
     from pretrain.span_corruption import SpanCorruptionSampler, sentinel_tokens
 
     B = cfg.train.micro_batch_size
@@ -237,12 +241,29 @@ def sampler_factory(cfg: PretrainConfig, tokenizer, arch: str, block_size: int) 
         return make_windows
     sc = cfg.span_corruption
     sentinel_ids = tokenizer.convert_tokens_to_ids(sentinel_tokens(sc.num_sentinels))
+    # The evaluator makes a fresh sampler per evaluation: index each folder's examples once. The file
+    # object is kept beside its examples so its id is not reused while cached.
+    indexed: dict[int, tuple] = {}
 
-    def make_spans(files, weights, seed, device):
+    def examples_of(f):
+        if id(f) not in indexed:
+            indexed[id(f)] = (f, find_examples(f, tokenizer.eos_token_id))
+        return indexed[id(f)][1]
+
+    def make_seq2seq(files, weights, seed, device):
+        augmented = [f.loss_mask is not None for f in files]
+        if all(augmented):
+            return EvidenceSeq2SeqSampler(files, weights, B, block_size, seed, tokenizer.eos_token_id,
+                                          tokenizer.pad_token_id, device, examples=[examples_of(f) for f in files])
+        if any(augmented):
+            raise ConfigError("t5 trains on token streams (span corruption) or on wandao augment pretrain rows "
+                              "(evidence through the encoder), not both in one run: "
+                              + ", ".join(f"{f.folder} ({'rows' if a else 'stream'})" for f, a in zip(files, augmented)),
+                              "data.sources")
         return SpanCorruptionSampler(files, weights, B, block_size, seed, sentinel_ids, tokenizer.eos_token_id,
                                      tokenizer.pad_token_id, sc.noise_density, sc.mean_noise_span_length, device)
 
-    return make_spans
+    return make_seq2seq
 
 
 def build_data(cfg: PretrainConfig, tokenizer, out_dir: Path, make_sampler: Callable, rank: int, device: str):
@@ -313,9 +334,10 @@ class _Evaluator:
 def batch_loss(model, batch):
     """How a batch becomes a loss. Decoder-only ``(x, y, loss_mask)``: next-token cross-entropy over
     the unmasked targets. t5's :class:`~pretrain.span_corruption.Seq2SeqBatch`: the encoder reads
-    ``enc_idx``, the decoder reads ``idx``, cross-entropy over every target token."""
+    ``enc_idx`` (``enc_mask`` marks its padding), the decoder reads ``idx``, cross-entropy over every
+    target token but the -100 padding."""
     if hasattr(batch, "enc_idx"):
-        return model(batch.idx, batch.targets, enc_idx=batch.enc_idx)[1]
+        return model(batch.idx, batch.targets, enc_idx=batch.enc_idx, enc_mask=batch.enc_mask)[1]
     x, y, m = batch
     return model(x, y, loss_mask=m)[1]
 
@@ -407,7 +429,11 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     # The transformers config ids a t5 folder needs (decoder_start = pad, as T5); decoder-only: none.
     hf_ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
               "decoder_start_token_id": tokenizer.pad_token_id} if arch == "t5" else {}
-    if master and arch == "t5":
+    if master and arch == "t5" and hasattr(sampler, "examples"):
+        logger.info("evidence through the encoder: %d examples, %d tokens each on average (evidence + chunk), "
+                    "encoder cut at %d tokens, targets up to %d", sum(map(len, sampler.examples)),
+                    sampler.tokens_length, T, sampler.targets_length)
+    elif master and arch == "t5":
         logger.info("span corruption: %d raw tokens -> %d encoder + %d target tokens (noise density %.2f, "
                     "mean span %.1f)", sampler.tokens_length, T, sampler.targets_length,
                     cfg.span_corruption.noise_density, cfg.span_corruption.mean_noise_span_length)
