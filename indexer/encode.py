@@ -91,6 +91,17 @@ def doc_text(doc: dict) -> str:
     return f"{title} {text}".strip() if title else text.strip()
 
 
+class _DropRecordsFrom(logging.Filter):
+    """A filter that drops records logged from the source files of one package (by path)."""
+
+    def __init__(self, package: str):
+        super().__init__()
+        self.marker = f"{os.sep}{package}{os.sep}"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.marker not in record.pathname
+
+
 def _threads() -> int:
     import torch
 
@@ -325,8 +336,16 @@ class Encoder:
                 keep = [n.name for n in graph.node if any(re.search(p, n.name) for p in INT8_KEEP_FP32)]
                 logger.info("int8: keeping %d nodes in float32: %s", len(keep), keep)
                 final = Path(tmp) / "int8.onnx"
-                quantize_dynamic(str(fused), str(final), weight_type=QuantType.QInt8, per_channel=True,
-                                 nodes_to_exclude=keep, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                # The quantizer logs a line per tensor through the root logger (`logging.info`): 40+ lines
+                # that bury a run's log. Drop those records, and only those, while it runs.
+                root = logging.getLogger()
+                quiet = _DropRecordsFrom("onnxruntime")
+                root.addFilter(quiet)
+                try:
+                    quantize_dynamic(str(fused), str(final), weight_type=QuantType.QInt8, per_channel=True,
+                                     nodes_to_exclude=keep, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                finally:
+                    root.removeFilter(quiet)
             os.replace(final, path)  # same filesystem: atomic
 
     def _ort_session(self):

@@ -76,6 +76,21 @@ def test_onnx_paths_agree_with_plain_sentence_transformers(scifact):
     assert np.min(np.sum(plain.encode_queries(qs) * Encoder(backend="onnx-int8").encode_queries(qs), axis=1)) >= 0.99
 
 
+def test_int8_export_keeps_the_quantizers_per_tensor_lines_out_of_the_log(tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setenv("WANDAO_CACHE_DIR", str(tmp_path))  # a fresh export, not the cached file
+    with caplog.at_level(logging.INFO):
+        path = Encoder(backend="onnx-int8").onnx_path()
+        logging.getLogger().info("after the export")
+    assert path.exists() and path.is_relative_to(tmp_path)
+    messages = [r.getMessage() for r in caplog.records]
+    # onnxruntime's quantizer logs 40+ "Quantization parameters for tensor ..." lines through the root logger
+    assert not [m for m in messages if "Quantization parameters" in m or "get_tensor_type" in m]
+    assert "after the export" in messages and any(m.startswith("int8: keeping") for m in messages)
+    assert not logging.getLogger().filters  # the filter is gone once the export is done
+
+
 def _ids(docs):
     return [d["id"] for d in docs]
 
