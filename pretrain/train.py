@@ -58,7 +58,7 @@ class DataConfig(Config):
         "help": "data sources, each {path, weight, name, text_field}; on the command line a YAML/JSON list"})
     tokenizer: str = field(default="char", metadata={
         "help": "char (nanoGPT's character vocabulary), bpe (train byte-level BPE on the sources), "
-                "or the path of a saved HF tokenizer"})
+                "the path of a saved HF tokenizer, or minilm (the WordPiece wandao augment uses by default)"})
     vocab_size: int = field(default=4096, metadata={"help": "vocabulary size when tokenizer=bpe"})
     val_fraction: float = field(default=0.1, metadata={
         "help": "the last fraction of each source's characters (or documents, or rows) validates"})
@@ -188,7 +188,9 @@ def build_tokenizer(cfg: DataConfig, out_dir: Path, extra_special: Sequence[str]
 
     ``extra_special`` (t5's sentinels) also makes sure of an EOS and a pad token: a char or BPE
     tokenizer is built with them (BPE counts them in ``vocab_size``); a loaded one that lacks any
-    gets them appended.
+    gets them appended. A loaded tokenizer without an EOS (a BERT WordPiece, say) takes the one its
+    token folders were written with (``wandao augment pretrain`` closes chunks with ``[SEP]``), so the
+    model learns to end text with the token its data ends with.
     """
     from pretrain import data as data_lib
     from pretrain import tokenizer as tok_lib
@@ -197,7 +199,8 @@ def build_tokenizer(cfg: DataConfig, out_dir: Path, extra_special: Sequence[str]
     if cfg.tokenizer not in ("char", "bpe"):
         tok = tok_lib.load_tokenizer(os.path.expandvars(cfg.tokenizer))
         if extra_special:
-            tok_lib.ensure_special_tokens(tok, extra_special)
+            eos = _token_folders_eos(cfg, tok) if tok.eos_token is None else None
+            tok_lib.ensure_special_tokens(tok, extra_special, **({"eos_token": eos} if eos else {}))
         return tok
     if (saved / "tokenizer.json").exists():
         tok = tok_lib.load_tokenizer(saved)
@@ -222,6 +225,17 @@ def build_tokenizer(cfg: DataConfig, out_dir: Path, extra_special: Sequence[str]
                                           special_tokens=(tok_lib.EOS_TOKEN, tok_lib.PAD_TOKEN, *extra_special))
     tok.save_pretrained(str(saved))
     return tok
+
+
+def _token_folders_eos(cfg: DataConfig, tokenizer) -> str | None:
+    """The EOS token the sources that are token folders were written with, when they agree on one."""
+    from pretrain.data import open_tokens
+
+    ids = {open_tokens(p).meta.get("eos_id") for p in
+           (Path(os.path.expandvars(os.path.expanduser(s.path))) for s in cfg.sources) if (p / "meta.json").exists()}
+    if len(ids) != 1 or None in ids:
+        return None
+    return tokenizer.convert_ids_to_tokens(ids.pop())
 
 
 def sampler_factory(cfg: PretrainConfig, tokenizer, arch: str, block_size: int) -> Callable:
@@ -253,6 +267,16 @@ def sampler_factory(cfg: PretrainConfig, tokenizer, arch: str, block_size: int) 
     def make_seq2seq(files, weights, seed, device):
         augmented = [f.loss_mask is not None for f in files]
         if all(augmented):
+            eos = tokenizer.eos_token_id
+            for f in files:  # the decoder learns to end a chunk with the rows' EOS: it must be the model's
+                if f.meta.get("eos_id") != eos:
+                    row_eos = f.meta.get("eos_id")
+                    raise ConfigError(
+                        f"{f.folder} closes its chunks with id {row_eos} "
+                        f"({tokenizer.convert_ids_to_tokens(row_eos) if row_eos is not None else 'none'}) but the "
+                        f"tokenizer's EOS is {tokenizer.eos_token} ({eos}); train with the tokenizer the rows were "
+                        f"made with ({f.meta.get('tokenizer', 'unrecorded')}), and augment with one whose EOS token "
+                        "is its own (one wandao pretrain trained has <|endoftext|>)", "data.tokenizer")
             return EvidenceSeq2SeqSampler(files, weights, B, block_size, seed, tokenizer.eos_token_id,
                                           tokenizer.pad_token_id, device, examples=[examples_of(f) for f in files])
         if any(augmented):

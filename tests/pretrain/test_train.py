@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -320,3 +321,39 @@ def test_t5_refuses_streams_and_augmented_rows_together(tmp_path, cache, data_di
     with pytest.raises(ConfigError, match=r"data.sources.*not both in one run.*rows \(rows\).*\(stream\)"):
         run(_t5_cfg(tmp_path / "t5", cache, data_dir, **{
             "data.sources": [{"path": str(rows)}, {"path": str(text)}], "data.tokenizer": str(tok_dir)}))
+
+
+def test_t5_refuses_rows_whose_eos_is_not_the_tokenizers(tmp_path, cache, data_dir):
+    from pretrain.config import ConfigError
+    from pretrain.tokenizer import EOS_TOKEN, PAD_TOKEN, build_char_tokenizer
+
+    rows, _ = _evidence_rows(tmp_path, n_examples=40)  # letters 0-15, then EOS 16: chunks closed by 16
+    swapped = build_char_tokenizer("abcdefghijklmnop", special_tokens=(PAD_TOKEN, EOS_TOKEN))  # EOS is 17
+    swapped.save_pretrained(str(tmp_path / "swapped"))
+    with pytest.raises(ConfigError, match=r"rows closes its chunks with id 16 \(<\|pad\|>\) but the tokenizer's "
+                                          r"EOS is <\|endoftext\|> \(17\); train with the tokenizer the rows"):
+        run(_t5_cfg(tmp_path / "t5", cache, data_dir, **{
+            "data.sources": [{"path": str(rows)}], "data.tokenizer": str(tmp_path / "swapped")}))
+
+
+def test_t5_takes_the_rows_eos_when_its_tokenizer_has_none(tmp_path, cache, data_dir):
+    """Rows augmented with the default MiniLM WordPiece close chunks with [SEP]; that tokenizer has no EOS."""
+    from indexer.encode import default_model_path
+    from pretrain.data import TokenWriter
+    from pretrain.tokenizer import load_tokenizer
+
+    minilm = load_tokenizer("minilm")
+    assert minilm.get_vocab() == load_tokenizer(default_model_path()).get_vocab()
+    assert minilm.eos_token is None
+    sep = minilm.convert_tokens_to_ids("[SEP]")
+    ids = minilm("the cat sat on the mat", add_special_tokens=False)["input_ids"]  # 6 word pieces
+    with TokenWriter(tmp_path / "rows", vocab_size=len(minilm), eos_id=sep, seq_len=14, with_loss_mask=True) as w:
+        for _ in range(40):
+            w.add([*ids, *ids[:3], sep], [0] * 6 + [1] * 3 + [0])
+            w.add([sep] * 4, [0] * 4, documents=0)
+    summary = run(_t5_cfg(tmp_path / "t5", cache, data_dir, **{
+        "data.sources": [{"path": str(tmp_path / "rows")}], "data.tokenizer": "minilm",
+        "train.max_iters": "2", "train.eval_iters": "1"}))
+    saved = load_tokenizer(Path(summary["out_dir"]) / "step-00000002")
+    assert saved.eos_token == "[SEP]" and saved.eos_token_id == sep  # not a new <|endoftext|> appended
+    assert len(saved) == len(minilm) + 100  # the 100 sentinels; the pad is MiniLM's own [PAD]
