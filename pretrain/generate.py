@@ -102,13 +102,18 @@ class Generation:
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu", dtype: Any = None):
-    """``(model, tokenizer)`` from an HF folder (wandao checkpoints included), in eval mode."""
+    """``(model, tokenizer)`` from an HF folder (wandao checkpoints included), in eval mode: a causal LM,
+    or a seq2seq model (T5) when the folder's config is an encoder-decoder."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs).to(device)
+    # An encoder-decoder (wandao's t5 checkpoints) reads the prompt with its encoder; see decode_steps.
+    auto = AutoModelForSeq2SeqLM if AutoConfig.from_pretrained(str(path)).is_encoder_decoder else AutoModelForCausalLM
+    model = auto.from_pretrained(str(path), **kwargs).to(device)
     model.eval()
     return model, tokenizer
 
@@ -236,7 +241,8 @@ def encode_prompts(model, tokenizer, prompts: Sequence[str], cfg: GenerationConf
                 raise ValueError(f"prompt {i} is empty and the tokenizer has no BOS/EOS token to start from")
             ids = [bos]
         if max_pos is not None:
-            room = max_pos - cfg.max_new_tokens
+            # An encoder-decoder's new tokens go to the decoder: the prompt may fill the encoder.
+            room = max_pos - (0 if _is_encoder_decoder(model) else cfg.max_new_tokens)
             if room < 1:
                 raise ValueError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the "
                                  f"model's context of {max_pos} tokens")
@@ -269,6 +275,9 @@ def decode_steps(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig
     eos = eos_ids(model, tokenizer, cfg)
     pad = getattr(tokenizer, "pad_token_id", None)
     pad = pad if pad is not None else (next(iter(eos)) if eos else 0)
+    if _is_encoder_decoder(model):
+        yield from _decode_steps_seq2seq(model, tokenizer, ids_list, cfg, should_stop, eos, pad)
+        return
     T = max(len(x) for x in ids_list)
     input_ids = torch.full((B, T), pad, dtype=torch.long)
     mask = torch.zeros((B, T), dtype=torch.long)
@@ -293,36 +302,84 @@ def decode_steps(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig
                         **{cache_arg: past}, **extra)
             past = getattr(out, cache_arg, None)
             next_ids = _sample(out.logits[:, -1, :], cfg, generator)  # (B,)
-            nexts = next_ids.tolist()
             cancelled = should_stop() if should_stop is not None else False
-            events: list[TokenEvent | None] = []
-            for b, tid in enumerate(nexts):
-                if done[b]:
-                    events.append(None)
-                    continue
-                if tid in eos:
-                    done[b] = True
-                    events.append(TokenEvent(tid, stops[b].feed(detoks[b].flush()) + stops[b].flush(), "stop"))
-                    continue
-                text = stops[b].feed(detoks[b].add(tid))
-                if stops[b].stopped:
-                    done[b] = True
-                    events.append(TokenEvent(tid, text, "stop"))
-                elif cancelled:
-                    done[b] = True
-                    events.append(TokenEvent(tid, text, "cancelled"))
-                elif step == cfg.max_new_tokens - 1:
-                    done[b] = True
-                    events.append(TokenEvent(tid, text + stops[b].feed(detoks[b].flush()) + stops[b].flush(),
-                                             "length"))
-                else:
-                    events.append(TokenEvent(tid, text))
-            yield events
+            yield _step_events(next_ids.tolist(), step == cfg.max_new_tokens - 1, cancelled, done, eos, detoks, stops)
             if all(done):
                 return
             step_ids = next_ids.unsqueeze(-1)  # (B, 1)
             mask = torch.cat([mask, mask.new_ones((B, 1))], dim=-1)
             step_pos = step_pos[:, -1:] + 1
+
+
+def _step_events(nexts: list[int], last_step: bool, cancelled: bool, done: list[bool], eos: set[int],
+                 detoks: list, stops: list) -> list[TokenEvent | None]:
+    """One step's events from the sampled ids, marking rows ``done`` as they stop."""
+    events: list[TokenEvent | None] = []
+    for b, tid in enumerate(nexts):
+        if done[b]:
+            events.append(None)
+            continue
+        if tid in eos:
+            done[b] = True
+            events.append(TokenEvent(tid, stops[b].feed(detoks[b].flush()) + stops[b].flush(), "stop"))
+            continue
+        text = stops[b].feed(detoks[b].add(tid))
+        if stops[b].stopped:
+            done[b] = True
+            events.append(TokenEvent(tid, text, "stop"))
+        elif cancelled:
+            done[b] = True
+            events.append(TokenEvent(tid, text, "cancelled"))
+        elif last_step:
+            done[b] = True
+            events.append(TokenEvent(tid, text + stops[b].feed(detoks[b].flush()) + stops[b].flush(), "length"))
+        else:
+            events.append(TokenEvent(tid, text))
+    return events
+
+
+def _is_encoder_decoder(model) -> bool:
+    return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+def _decode_steps_seq2seq(model, tokenizer, ids_list, cfg: GenerationConfig, should_stop, eos: set[int],
+                          pad: int) -> Iterator[list[TokenEvent | None]]:
+    """The loop for an encoder-decoder: the encoder reads the (right-padded) prompts once, the decoder
+    starts from ``decoder_start_token_id`` and feeds one token per step with its self-attention cache."""
+    import torch
+
+    B, device = len(ids_list), next(model.parameters()).device
+    S = max(len(x) for x in ids_list)
+    enc_ids = torch.full((B, S), pad, dtype=torch.long)
+    enc_mask = torch.zeros((B, S), dtype=torch.long)
+    for b, ids in enumerate(ids_list):
+        enc_ids[b, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        enc_mask[b, :len(ids)] = 1
+    enc_ids, enc_mask = enc_ids.to(device), enc_mask.to(device)
+    start = model.config.decoder_start_token_id
+    if start is None:
+        raise ValueError("the encoder-decoder's config has no decoder_start_token_id")
+    generator = torch.Generator(device=device)
+    if cfg.seed is not None:
+        generator.manual_seed(cfg.seed)
+    detoks = [Detokenizer(tokenizer) for _ in range(B)]
+    stops = [StopMatcher(cfg.stop) for _ in range(B)]
+    done = [False] * B
+    past = None
+    cache_arg = _cache_argument(model)
+    step_ids = torch.full((B, 1), start, dtype=torch.long, device=device)
+    with torch.inference_mode():
+        encoder_outputs = model.get_encoder()(input_ids=enc_ids, attention_mask=enc_mask)
+        for step in range(cfg.max_new_tokens):
+            out = model(encoder_outputs=encoder_outputs, attention_mask=enc_mask, decoder_input_ids=step_ids,
+                        use_cache=True, **{cache_arg: past})
+            past = getattr(out, cache_arg, None)
+            next_ids = _sample(out.logits[:, -1, :], cfg, generator)
+            cancelled = should_stop() if should_stop is not None else False
+            yield _step_events(next_ids.tolist(), step == cfg.max_new_tokens - 1, cancelled, done, eos, detoks, stops)
+            if all(done):
+                return
+            step_ids = next_ids.unsqueeze(-1)
 
 
 def _accepts(model, name: str) -> bool:

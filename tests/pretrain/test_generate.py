@@ -114,3 +114,33 @@ def test_prompt_longer_than_context(tiny):
         generate(model, tok, [long], GenerationConfig(max_new_tokens=4, truncate="error"))
     g = generate(model, tok, [long], GenerationConfig(max_new_tokens=4, temperature=0.0, eos_token_id=-1))[0]
     assert g.prompt_tokens == 128 - 4 and len(g.token_ids) == 4
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory):
+    """A random-weight wandao T5 (tiny-t5 preset) saved as an HF folder: load_model gives a seq2seq model."""
+    from pretrain.model import build_model, from_preset
+    from pretrain.tokenizer import train_bpe_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-t5-gen")
+    tok = train_bpe_tokenizer(TEXTS * 5, vocab_size=300, min_frequency=1)
+    torch.manual_seed(0)
+    model = build_model(from_preset("tiny-t5", vocab_size=len(tok), block_size=64))
+    model.save_pretrained(out, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                          decoder_start_token_id=tok.pad_token_id)
+    tok.save_pretrained(out)
+    return load_model(out)
+
+
+def test_encoder_decoder_greedy_matches_transformers_generate_in_a_padded_batch(tiny_t5):
+    model, tok = tiny_t5
+    assert model.config.is_encoder_decoder
+    prompts = ["User: who wrote the song?\nAssistant:", "The quick brown fox", "To be, or not to be, that is"]
+    cfg = GenerationConfig(max_new_tokens=10, temperature=0.0, eos_token_id=-1)  # exactly 10 tokens each
+    ours = generate(model, tok, prompts, cfg)  # one batch, encoder rows right-padded
+    for prompt, got in zip(prompts, ours):
+        ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+        ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                             eos_token_id=None, min_new_tokens=10)[0, 1:].tolist()  # after decoder_start
+        assert got.token_ids == ref and got.finish_reason == "length"
+        assert got.text == tok.decode(ref, skip_special_tokens=True)
