@@ -103,6 +103,10 @@ class EvidenceSeq2SeqSampler:
         lengths = np.concatenate([ex[:, 2] - ex[:, 0] + 1 for ex in self.examples])
         self.tokens_length = int(round(float(lengths.mean())))
         self.targets_length = int(max(int((ex[:, 2] - ex[:, 1]).max()) for ex in self.examples)) + 1
+        # Mean tokens per row through each stack, for FLOPs (evidence cut to the encoder, then EOS).
+        all_ex = np.concatenate(self.examples)
+        self.encoder_length = float(np.minimum(all_ex[:, 1] - all_ex[:, 0], max_encoder_tokens - 1).mean()) + 1
+        self.decoder_length = float((all_ex[:, 2] - all_ex[:, 1]).mean()) + 1
         self.generator = torch.Generator().manual_seed(seed)
         self.seed, self.batches = seed, 0
 

@@ -819,6 +819,28 @@ class T5(_LMBase):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.shared
 
+    def flops_per_example(self, enc_len: float, dec_len: float) -> float:
+        """Training FLOPs of one example with ``enc_len`` encoder and ``dec_len`` decoder tokens.
+
+        :meth:`flops_per_token`'s 6N rule, applied to the tokens each weight runs on: the encoder's
+        weights and the cross-attention keys/values on the encoder tokens, the rest of the decoder and
+        the tied lm_head on the decoder tokens (6N x every token overcounts an evidence example ~5x);
+        attention 12·H·Q per query-key pair (encoder, decoder self- and cross-attention)."""
+        cfg = self.cfg
+        enc = cross_kv = dec = 0
+        for name, p in self.named_parameters():
+            if name.endswith("relative_attention_bias.weight"):
+                continue
+            if name.startswith("encoder."):
+                enc += p.numel()
+            elif ".EncDecAttention.k." in name or ".EncDecAttention.v." in name:
+                cross_kv += p.numel()
+            else:  # the rest of the decoder, and shared.weight as the lm_head (its input lookup is free)
+                dec += p.numel()
+        attn = 12 * cfg.n_head * cfg.head_dim
+        return (6 * ((enc + cross_kv) * enc_len + dec * dec_len)
+                + attn * (cfg.n_layer * enc_len * enc_len + cfg.n_dec_layer * dec_len * (dec_len + enc_len)))
+
     # Init: the shared normal(0, init_std) of build_model, not T5's embedding std 1.0. With the tied
     # output scaled by d^-0.5, std 1.0 makes the input token's logit start near sqrt(d) (loss ~22 for
     # t5-small); std 0.02 starts every logit near 0 and the loss near log(vocab_size).

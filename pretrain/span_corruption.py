@@ -201,6 +201,8 @@ class SpanCorruptionSampler:
         self.noise_density, self.mean_noise_span_length = noise_density, mean_noise_span_length
         self.sentinel_ids = torch.tensor(list(sentinel_ids), dtype=torch.long)
         self.eos_id, self.pad_id = eos_id, pad_id
+        # Mean tokens per row through each stack, for FLOPs: every row is the same length here.
+        self.encoder_length, self.decoder_length = input_length, self.targets_length
         self.windows = BatchSampler(files, weights, batch_size, self.tokens_length - 1, seed)
 
     def next_batch(self) -> Seq2SeqBatch:

@@ -471,7 +471,10 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     # -- model, optimizer, backend
     model.to(device)
     n_params = model.num_params()
-    flops_per_token = model.flops_per_token(T)
+    if arch == "t5":  # a row's tokens split between encoder and decoder: count each where it runs
+        flops_per_token = model.flops_per_example(sampler.encoder_length, sampler.decoder_length) / row_tokens
+    else:
+        flops_per_token = model.flops_per_token(T)
     optimizer = build_optimizer(model, cfg.optim, device)
     schedule = LRSchedule(cfg.optim.lr, cfg.schedule, tc.max_iters)
     engine = None

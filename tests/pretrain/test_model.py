@@ -144,6 +144,18 @@ def test_anchor_params_and_flops():
     assert model.flops_per_token() == 6 * 795904 + 12 * 4 * 4 * 32 * 64
 
 
+def test_t5_flops_count_each_weight_on_the_tokens_it_runs_on():
+    from pretrain.model import build_model, from_preset
+
+    model = build_model(from_preset("tiny-t5"))  # 2+2 layers, d 32, 2 heads x 16, gated FF 64, vocab 64
+    # encoder layer: q,k,v,o 4*32*32 + FF (2*32*64 + 64*32) + 2 norms = 10,304; x2 + final norm = 20,640
+    # decoder layer: self 4,096 + cross q,o 2,048 (+ k,v 2,048 on encoder tokens) + FF 6,144 + 3 norms = 12,384
+    enc, cross_kv, dec = 20_640, 2 * 2_048, 2 * 12_384 + 32 + 64 * 32  # dec: + final norm + tied lm_head
+    attention = 12 * 2 * 16 * (2 * 10 * 10 + 2 * 3 * (3 + 10))
+    assert model.flops_per_example(10, 3) == 6 * ((enc + cross_kv) * 10 + dec * 3) + attention
+    assert enc + cross_kv + dec == model.num_params()  # every counted weight once (relative biases are lookups)
+
+
 def test_config_errors_name_field_and_choices():
     with pytest.raises(ValueError, match=r"norm='rmsnorm'.*GPT2LMHeadModel.*layernorm"):
         ModelConfig(arch="gpt", norm="rmsnorm")
