@@ -157,13 +157,64 @@ def corpus_path(source: str | os.PathLike) -> Path:
     return path
 
 
+#: Plain-text files read as corpora, and the dataset names that stand for one of their files.
+TEXT_SUFFIXES = (".txt", ".raw", ".tokens")
+TEXT_CORPORA = {"wikitext-2": "raw/wiki.valid.raw", "tinyshakespeare": "input.txt"}
+
+
+def text_corpus_path(source: str | os.PathLike) -> Path | None:
+    """The text file ``source`` names (a ``.txt``/``.raw``/``.tokens`` path, or ``wikitext-2`` =
+    its validation split, ``tinyshakespeare``), or None when it is another kind of corpus."""
+    p = Path(source)
+    if not p.exists() and str(source) in TEXT_CORPORA:
+        from indexer.datasets import resolve
+
+        p = resolve(str(source)) / TEXT_CORPORA[str(source)]
+    return p if p.is_file() and p.suffix in TEXT_SUFFIXES else None
+
+
+def iter_text_documents(path: str | os.PathLike) -> Iterator[dict]:
+    """Documents from a plain text file.
+
+    WikiText (lines `` = Title = ``) splits at its top-level headings, one document per article;
+    any other text splits at blank lines into paragraphs grouped to at least 2,000 characters
+    (tinyshakespeare: runs of speeches). Ids are ``<file name>:<n>``.
+    """
+    import re
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(path, f"not UTF-8 text (byte {err.start})") from None
+    stem = path.name
+    heading = re.compile(r"^ = ([^=].*?) = $", re.MULTILINE)
+    marks = list(heading.finditer(text))
+    if marks:
+        for n, (m, nxt) in enumerate(zip(marks, marks[1:] + [None])):
+            body = text[m.end():nxt.start() if nxt else len(text)].strip()
+            if body:
+                yield {"id": f"{stem}:{n}", "title": m.group(1).strip(), "text": body}
+        return
+    buf, n = [], 0
+    for para in re.split(r"\n\s*\n", text):
+        if para.strip():
+            buf.append(para.strip())
+        if sum(len(p) for p in buf) >= 2000:
+            yield {"id": f"{stem}:{n}", "title": "", "text": "\n\n".join(buf)}
+            buf, n = [], n + 1
+    if buf:
+        yield {"id": f"{stem}:{n}", "title": "", "text": "\n\n".join(buf)}
+
+
 def iter_corpus(source: str | os.PathLike, dedupe: bool = False, id_field: str | None = None,
                 text_field: str | None = None) -> Iterator[dict]:
     """Stream ``{"id", "title", "text"}`` documents from any supported corpus source.
 
     Args:
         source: a registered dataset name (``scifact``), a BEIR folder, a JSONL(.gz)/parquet
-            file or an HF dataset folder.
+            file, an HF dataset folder, or a plain text file (:func:`iter_text_documents`;
+            ``wikitext-2`` and ``tinyshakespeare`` name theirs).
         dedupe: keep the first of repeated ids instead of failing.
 
     Raises:
@@ -175,6 +226,10 @@ def iter_corpus(source: str | os.PathLike, dedupe: bool = False, id_field: str |
         >>> docs[0].keys()  # doctest: +SKIP
         dict_keys(['id', 'title', 'text'])
     """
+    text_file = text_corpus_path(source)
+    if text_file is not None:
+        yield from iter_text_documents(text_file)
+        return
     path = corpus_path(source)
     seen: set[str] = set()
     dropped = 0

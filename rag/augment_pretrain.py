@@ -37,6 +37,10 @@ from typing import Iterable, Iterator, Literal
 
 import numpy as np
 
+# Plain-text corpora (WikiText, tinyshakespeare) are read by the indexer, so `wandao index build` takes
+# them too; the names stay importable from here.
+from indexer.data import iter_corpus as iter_corpus_any
+from indexer.data import iter_text_documents  # noqa: F401
 from pretrain.config import Config, ConfigError, check_range
 
 logger = logging.getLogger(__name__)
@@ -92,54 +96,6 @@ def ngram_containment(chunk: str, neighbour: str, n: int) -> float:
     cg = {tuple(cw[i:i + n]) for i in range(len(cw) - n + 1)}
     ng = {tuple(nw[i:i + n]) for i in range(len(nw) - n + 1)}
     return len(cg & ng) / len(cg)
-
-
-def iter_text_documents(path: str | os.PathLike) -> Iterator[dict]:
-    """Documents from a plain text file.
-
-    WikiText (lines `` = Title = ``) splits at its top-level headings, one document per article;
-    any other text splits at blank lines into paragraphs grouped to at least 2,000 characters
-    (tinyshakespeare: runs of speeches). Ids are ``<file stem>:<n>``.
-    """
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    stem = path.name
-    heading = re.compile(r"^ = ([^=].*?) = $", re.MULTILINE)
-    marks = list(heading.finditer(text))
-    if marks:
-        for n, (m, nxt) in enumerate(zip(marks, marks[1:] + [None])):
-            body = text[m.end():nxt.start() if nxt else len(text)].strip()
-            if body:
-                yield {"id": f"{stem}:{n}", "title": m.group(1).strip(), "text": body}
-        return
-    buf, n = [], 0
-    for para in re.split(r"\n\s*\n", text):
-        if para.strip():
-            buf.append(para.strip())
-        if sum(len(p) for p in buf) >= 2000:
-            yield {"id": f"{stem}:{n}", "title": "", "text": "\n\n".join(buf)}
-            buf, n = [], n + 1
-    if buf:
-        yield {"id": f"{stem}:{n}", "title": "", "text": "\n\n".join(buf)}
-
-
-def iter_corpus_any(source: str) -> Iterator[dict]:
-    """A corpus from a dataset name, JSONL/parquet/HF folder, or a plain text file (``.txt``, ``.raw``,
-    ``.tokens``); ``wikitext-2`` and ``tinyshakespeare`` name their text files."""
-    from indexer.datasets import resolve
-
-    p = Path(source)
-    if not p.exists():
-        if source == "wikitext-2":
-            p = resolve("wikitext-2") / "raw" / "wiki.valid.raw"
-        elif source == "tinyshakespeare":
-            p = resolve("tinyshakespeare") / "input.txt"
-    if p.exists() and p.is_file() and p.suffix in (".txt", ".raw", ".tokens"):
-        yield from iter_text_documents(p)
-        return
-    from indexer.data import iter_corpus
-
-    yield from iter_corpus(str(p) if p.exists() else source)
 
 
 def _eos_id(tok) -> tuple[int, str]:

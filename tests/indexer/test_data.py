@@ -143,3 +143,26 @@ def test_results_padding_and_trec(tmp_path):
     assert r.to_run(["q1", "q2"]) == {"q1": {"a": 2.0, "b": 1.0}, "q2": {"c": 0.5}}
     r.write_trec(tmp_path / "run.trec", ["q1", "q2"])
     assert (tmp_path / "run.trec").read_text().splitlines()[2] == "q2 Q0 c 1 0.500000 wandao"
+
+
+def test_text_corpora_read_as_documents(tmp_path, data_dir):
+    docs = list(iter_corpus("wikitext-2"))  # the validation split, one document per top-level heading
+    assert docs[0]["id"] == "wiki.valid.raw:0" and docs[0]["title"] == "Homarus gammarus"
+    assert len({d["id"] for d in docs}) == len(docs) and all(d["text"] for d in docs)
+    # other text: blank-line paragraphs grouped to >= 2,000 characters, the remainder last
+    text = tmp_path / "notes.txt"
+    text.write_text("\n\n".join(["a" * 1500, "b" * 600, "c" * 10]) + "\n", encoding="utf-8")
+    assert [(d["id"], len(d["text"])) for d in iter_corpus(text)] == [("notes.txt:0", 1500 + 2 + 600),
+                                                                      ("notes.txt:1", 10)]
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"caf\xe9\n")
+    with pytest.raises(DataError, match=r"latin1.txt.*not UTF-8 text \(byte 3\)"):
+        list(iter_corpus(bad))
+
+
+def test_index_build_takes_a_text_corpus_by_name(tmp_path, data_dir):
+    from indexer import build_index
+
+    index = build_index("tinyshakespeare", tmp_path / "idx", bm25=True)
+    assert index.manifest["corpus"]["documents"] == len(list(iter_corpus("tinyshakespeare"))) == 492
+    assert index.retrieve(["wherefore art thou Romeo"], k=1).ids[0][0].startswith("input.txt:")
