@@ -1,7 +1,7 @@
 """``qa``: SQuAD v1.1 exact match and F1 (×100) of answers to a SQuAD-style QA set.
 
 Predictions come from a JSONL file of ``{"id", "prediction"}`` lines (``--predictions``), from a
-model (``--model DIR``: greedy answers from any HF causal-LM folder, closed-book or with evidence
+model (``--model DIR``: greedy answers from any HF causal-LM or encoder-decoder (T5) folder, closed-book or with evidence
 retrieved from ``--index DIR`` and rendered with the rag ``--template`` the model was trained with),
 or — from Python — from any ``predict(examples) -> {id: answer}`` callable passed as
 ``evals.run("qa", dataset=..., predict=fn)``.
@@ -33,7 +33,7 @@ class Config:
     predictions: str | None = field(default=None, metadata={"help": "JSONL of {\"id\", \"prediction\"}"})
     predict: Callable | None = field(default=None, metadata={"cli": False,
                                                              "help": "Python only: examples -> {id: answer}"})
-    model: str | None = field(default=None, metadata={"help": "generate answers with this HF causal-LM folder"})
+    model: str | None = field(default=None, metadata={"help": "generate answers with this HF causal-LM or T5 folder"})
     index: str | None = field(default=None, metadata={
         "help": "with --model: retrieve evidence from this index (omit for closed-book answers)"})
     retriever: str | None = field(default=None, metadata={
