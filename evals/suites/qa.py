@@ -1,8 +1,9 @@
 """``qa``: SQuAD v1.1 exact match and F1 (×100) of answers to a SQuAD-style QA set.
 
 Predictions come from a JSONL file of ``{"id", "prediction"}`` lines (``--predictions``), from a
-model (``--model DIR``: greedy answers from any HF causal-LM or encoder-decoder (T5) folder, closed-book or with evidence
-retrieved from ``--index DIR`` and rendered with the rag ``--template`` the model was trained with),
+model (``--model DIR``: greedy answers from any HF causal-LM or encoder-decoder (T5) folder,
+closed-book or with evidence retrieved from ``--index DIR`` and rendered with the rag ``--template``
+the model was trained with),
 or — from Python — from any ``predict(examples) -> {id: answer}`` callable passed as
 ``evals.run("qa", dataset=..., predict=fn)``.
 
