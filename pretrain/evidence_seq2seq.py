@@ -100,13 +100,12 @@ class EvidenceSeq2SeqSampler:
         self.eos_id, self.pad_id = eos_id, pad_id
         w = np.asarray(weights if weights is not None else [1.0] * len(self.files), dtype=np.float64)
         self.weights = torch.tensor(w / w.sum(), dtype=torch.float64)
-        lengths = np.concatenate([ex[:, 2] - ex[:, 0] + 1 for ex in self.examples])
-        self.tokens_length = int(round(float(lengths.mean())))
-        self.targets_length = int(max(int((ex[:, 2] - ex[:, 1]).max()) for ex in self.examples)) + 1
+        ev_start, chunk_start, chunk_end = np.concatenate(self.examples).T
+        self.tokens_length = int(round(float((chunk_end - ev_start + 1).mean())))
+        self.targets_length = int((chunk_end - chunk_start).max()) + 1
         # Mean tokens per row through each stack, for FLOPs (evidence cut to the encoder, then EOS).
-        all_ex = np.concatenate(self.examples)
-        self.encoder_length = float(np.minimum(all_ex[:, 1] - all_ex[:, 0], max_encoder_tokens - 1).mean()) + 1
-        self.decoder_length = float((all_ex[:, 2] - all_ex[:, 1]).mean()) + 1
+        self.encoder_length = float(np.minimum(chunk_start - ev_start, max_encoder_tokens - 1).mean()) + 1
+        self.decoder_length = float((chunk_end - chunk_start).mean()) + 1
         self.generator = torch.Generator().manual_seed(seed)
         self.seed, self.batches = seed, 0
 

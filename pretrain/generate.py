@@ -105,9 +105,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu", dtype: Any = None):
     """``(model, tokenizer)`` from an HF folder (wandao checkpoints included), in eval mode: a causal LM,
     or a seq2seq model (T5) when the folder's config is an encoder-decoder."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     kwargs = {"dtype": dtype} if dtype is not None else {}
@@ -286,12 +284,7 @@ def decode_steps(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig
         mask[b, T - len(ids):] = 1
     input_ids, mask = input_ids.to(device), mask.to(device)
     positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, T)
-    generator = torch.Generator(device=device)
-    if cfg.seed is not None:
-        generator.manual_seed(cfg.seed)
-    detoks = [Detokenizer(tokenizer) for _ in range(B)]
-    stops = [StopMatcher(cfg.stop) for _ in range(B)]
-    done = [False] * B
+    generator, detoks, stops, done = _row_state(tokenizer, cfg, B, device)
     past = None
     cache_arg = _cache_argument(model)
     extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
@@ -309,6 +302,17 @@ def decode_steps(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig
             step_ids = next_ids.unsqueeze(-1)  # (B, 1)
             mask = torch.cat([mask, mask.new_ones((B, 1))], dim=-1)
             step_pos = step_pos[:, -1:] + 1
+
+
+def _row_state(tokenizer, cfg: GenerationConfig, batch_size: int, device) -> tuple:
+    """The sampling generator (seeded per call) and each row's detokenizer, stop matcher and done flag."""
+    import torch
+
+    generator = torch.Generator(device=device)
+    if cfg.seed is not None:
+        generator.manual_seed(cfg.seed)
+    return (generator, [Detokenizer(tokenizer) for _ in range(batch_size)],
+            [StopMatcher(cfg.stop) for _ in range(batch_size)], [False] * batch_size)
 
 
 def _step_events(nexts: list[int], last_step: bool, cancelled: bool, done: list[bool], eos: set[int],
@@ -359,12 +363,7 @@ def _decode_steps_seq2seq(model, tokenizer, ids_list, cfg: GenerationConfig, sho
     start = model.config.decoder_start_token_id
     if start is None:
         raise ValueError("the encoder-decoder's config has no decoder_start_token_id")
-    generator = torch.Generator(device=device)
-    if cfg.seed is not None:
-        generator.manual_seed(cfg.seed)
-    detoks = [Detokenizer(tokenizer) for _ in range(B)]
-    stops = [StopMatcher(cfg.stop) for _ in range(B)]
-    done = [False] * B
+    generator, detoks, stops, done = _row_state(tokenizer, cfg, B, device)
     past = None
     cache_arg = _cache_argument(model)
     step_ids = torch.full((B, 1), start, dtype=torch.long, device=device)

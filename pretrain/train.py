@@ -6,8 +6,8 @@ forward/backward with gradient accumulation → clip → step → zero grad → 
 A t5 model trains on span corruption over token streams (:mod:`pretrain.span_corruption`) or, over
 ``wandao augment pretrain`` rows, reads the retrieved evidence through its encoder and writes the chunk
 (:mod:`pretrain.evidence_seq2seq`): the sampler yields encoder inputs, decoder inputs and targets, and
-:func:`batch_loss` is the one place where the two kinds of batch differ. The last line printed is a JSON object with ``final_val_loss``, ``steps``, ``tokens_per_s``,
-``out_dir`` (and more).
+:func:`batch_loss` is the one place where the two kinds of batch differ. The last line printed is a
+JSON object with ``final_val_loss``, ``steps``, ``tokens_per_s``, ``out_dir`` (and more).
 
 DeepSpeed runs under its launcher (``deepspeed --num_gpus N -m pretrain.train --config ...``,
 or ``deepspeed $(which wandao) pretrain ...``); ``--train.backend deepspeed`` without a launcher
@@ -269,8 +269,8 @@ def sampler_factory(cfg: PretrainConfig, tokenizer, arch: str, block_size: int) 
         if all(augmented):
             eos = tokenizer.eos_token_id
             for f in files:  # the decoder learns to end a chunk with the rows' EOS: it must be the model's
-                if f.meta.get("eos_id") != eos:
-                    row_eos = f.meta.get("eos_id")
+                row_eos = f.meta.get("eos_id")
+                if row_eos != eos:
                     raise ConfigError(
                         f"{f.folder} closes its chunks with id {row_eos} "
                         f"({tokenizer.convert_ids_to_tokens(row_eos) if row_eos is not None else 'none'}) but the "

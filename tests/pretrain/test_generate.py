@@ -9,20 +9,25 @@ TEXTS = ["The quick brown fox jumps over the lazy dog.", "User: who wrote the so
          "To be, or not to be, that is the question.", "café naïve 北京 東京 ünïcödé"]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A random-weight wandao GPT (tiny preset, 128 positions) saved as an HF folder with a BPE tokenizer."""
+def _random_model(out, preset: str, block_size: int, **token_ids: str):
+    """A random-weight wandao model saved as an HF folder with a BPE tokenizer, loaded back with load_model;
+    ``token_ids`` name the tokenizer attribute each config id takes (``pad_token_id="pad_token_id"``)."""
     from pretrain.model import build_model, from_preset
     from pretrain.tokenizer import train_bpe_tokenizer
 
-    out = tmp_path_factory.mktemp("tiny-gen")
     tok = train_bpe_tokenizer(TEXTS * 5, vocab_size=300, min_frequency=1)
     torch.manual_seed(0)
-    model = build_model(from_preset("tiny", vocab_size=len(tok), block_size=128))
-    model.save_pretrained(out, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id,
-                          pad_token_id=tok.pad_token_id)
+    model = build_model(from_preset(preset, vocab_size=len(tok), block_size=block_size))
+    model.save_pretrained(out, **{key: getattr(tok, attr) for key, attr in token_ids.items()})
     tok.save_pretrained(out)
     return load_model(out)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random-weight wandao GPT (tiny preset, 128 positions) saved as an HF folder with a BPE tokenizer."""
+    return _random_model(tmp_path_factory.mktemp("tiny-gen"), "tiny", 128, eos_token_id="eos_token_id",
+                         bos_token_id="eos_token_id", pad_token_id="pad_token_id")
 
 
 def test_greedy_matches_transformers_generate(tiny):
@@ -119,17 +124,8 @@ def test_prompt_longer_than_context(tiny):
 @pytest.fixture(scope="module")
 def tiny_t5(tmp_path_factory):
     """A random-weight wandao T5 (tiny-t5 preset) saved as an HF folder: load_model gives a seq2seq model."""
-    from pretrain.model import build_model, from_preset
-    from pretrain.tokenizer import train_bpe_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny-t5-gen")
-    tok = train_bpe_tokenizer(TEXTS * 5, vocab_size=300, min_frequency=1)
-    torch.manual_seed(0)
-    model = build_model(from_preset("tiny-t5", vocab_size=len(tok), block_size=64))
-    model.save_pretrained(out, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                          decoder_start_token_id=tok.pad_token_id)
-    tok.save_pretrained(out)
-    return load_model(out)
+    return _random_model(tmp_path_factory.mktemp("tiny-t5-gen"), "tiny-t5", 64, eos_token_id="eos_token_id",
+                         pad_token_id="pad_token_id", decoder_start_token_id="pad_token_id")
 
 
 def test_encoder_decoder_greedy_matches_transformers_generate_in_a_padded_batch(tiny_t5):
