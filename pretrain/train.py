@@ -172,6 +172,7 @@ EPILOG = """example (nanoGPT's CPU Shakespeare run, ~1-2 minutes on 2 cores):
   wandao pretrain --config configs/pretrain/nanogpt-shakespeare-char.yaml
   wandao pretrain --config configs/pretrain/tiny.yaml --train.max_iters 50 --optim.name lamb
   wandao pretrain --config configs/pretrain/tiny-t5-span.yaml     # T5 span corruption, ~1 minute
+  wandao pretrain --config configs/pretrain/tiny-t5-evidence.yaml # T5 reading augment pretrain's evidence
   deepspeed --num_gpus 1 $(which wandao) pretrain --config configs/pretrain/tiny.yaml --train.backend deepspeed
 """
 
@@ -214,6 +215,9 @@ def build_tokenizer(cfg: DataConfig, out_dir: Path, extra_special: Sequence[str]
             raise ConfigError(f"source {path} is already tokenised: give the tokenizer it was made with "
                               "(--data.tokenizer PATH)", "data.tokenizer")
         docs = list(data_lib.iter_documents(path, src.text_field))
+        if not any(d.strip() for d in docs):
+            raise data_lib.DataFormatError(path, "holds no text to build a tokenizer from (an empty file?)",
+                                           field=src.text_field)
         texts.append(docs)
     if cfg.tokenizer == "char":
         specials = (tok_lib.EOS_TOKEN, tok_lib.PAD_TOKEN, *extra_special) if extra_special else ()
@@ -751,7 +755,13 @@ def main(argv: list[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=os.environ.get("WANDAO_LOG_LEVEL", "INFO"),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    summary = run(cfg)
+    from pretrain.data import DataFormatError
+
+    try:
+        summary = run(cfg)
+    except (ConfigError, DataFormatError, FileNotFoundError) as err:
+        print(f"wandao pretrain: {err}", file=sys.stderr)
+        return 2
     if _dist_info()[0] == 0:
         print(json.dumps(summary), flush=True)
     return 0

@@ -145,6 +145,17 @@ def test_cli_last_line_is_json(tmp_path, cache, data_dir, capsys):
     assert "max_iters: 3" in saved
 
 
+def test_cli_names_an_empty_source_in_one_line(tmp_path, cache, capsys):
+    """A source with no text stops the run with the file named in one line, not a traceback."""
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    code = main(["--config", "configs/pretrain/tiny.yaml", "--train.out_dir", str(tmp_path / "cli"),
+                 "--data.sources", json.dumps([{"path": str(empty)}]), "--data.cache_dir", str(cache)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("wandao pretrain: ") and str(empty) in err[-1] and "no text" in err[-1]
+
+
 def test_bpe_mixture_of_two_sources(tmp_path, data_dir, caplog):
     """Byte-level BPE trained on the training parts of two sources, sampled 3:1, with the epochs report."""
     import logging
