@@ -24,6 +24,7 @@ Run::
 
     .venv/bin/python bench/bench_pretrain.py                 # the side-by-side (make bench-pretrain)
     .venv/bin/python bench/bench_pretrain.py --variants      # equal-compute table: architectures, optimizers
+    .venv/bin/python bench/bench_pretrain.py --seeds 5       # both sides at 5 seeds: the spread of val loss
 
 Writes ``bench/out/pretrain.{md,json}`` (and ``pretrain_variants.{md,json}``). The last line is JSON
 with ``ratio_time_per_iter`` (wandao / baseline), ``wandao_val_loss`` and ``baseline_val_loss``.
@@ -166,8 +167,11 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)  # fused only on CUDA in nanoGPT
 
 
-def run_baseline(data_path: Path, work: Path, threads: int, max_iters: int = 2000) -> dict:
-    """nanoGPT's train.py loop with the CPU flags; returns final val loss and per-iteration times."""
+def run_baseline(data_path: Path, work: Path, threads: int, max_iters: int = 2000, seed: int = 1337) -> dict:
+    """nanoGPT's train.py loop with the CPU flags; returns final val loss and per-iteration times.
+
+    Also the loss over the whole validation split (:func:`full_split_loss`), which nanoGPT does not report.
+    """
     torch.set_num_threads(threads)
     # -- prepare.py (char level): vocabulary, 90/10 split, uint16 .bin files
     text = data_path.read_text(encoding="utf-8")
@@ -179,7 +183,7 @@ def run_baseline(data_path: Path, work: Path, threads: int, max_iters: int = 200
     # -- train.py
     batch_size, block_size, eval_iters, eval_interval = 12, 64, 20, 250
     learning_rate, min_lr, warmup_iters, lr_decay_iters = 1e-3, 1e-4, 100, max_iters
-    torch.manual_seed(1337)
+    torch.manual_seed(seed)
 
     def get_batch(split):
         data = np.memmap(work / f"{split}.bin", dtype=np.uint16, mode="r")
@@ -243,9 +247,49 @@ def run_baseline(data_path: Path, work: Path, threads: int, max_iters: int = 200
         times.append(time.perf_counter() - t0 - (t_train - t_eval))
         iter_num += 1
     wall = time.perf_counter() - t_start
-    return {"final_val_loss": val_loss, "ms_per_iter": 1000 * statistics.fmean(times),
+    model.eval()
+    full_val = full_split_loss(lambda x: model(x, x)[0], np.fromfile(work / "val.bin", dtype=np.uint16), block_size)
+    return {"final_val_loss": val_loss, "full_val_loss": full_val, "ms_per_iter": 1000 * statistics.fmean(times),
             "ms_per_iter_median": 1000 * statistics.median(times), "wall_s": wall, "steps": max_iters,
             "evals": evals}
+
+
+@torch.no_grad()
+def full_split_loss(logits_of, ids: np.ndarray, block_size: int, batch: int = 256) -> float:
+    """Mean next-token loss over every non-overlapping ``block_size`` window of ``ids``.
+
+    nanoGPT's ``estimate_loss`` averages 20 random windows x 12 rows, so its number moves by about
+    +-0.01 with the sampling alone; this one is the same expectation with no sampling (each window is
+    scored exactly as a training row is: context restarts every ``block_size`` characters).
+    """
+    starts = np.arange(0, len(ids) - block_size - 1, block_size)
+    total, count = 0.0, 0
+    for lo in range(0, len(starts), batch):
+        rows = np.stack([ids[i:i + block_size + 1].astype(np.int64) for i in starts[lo:lo + batch]])
+        x, y = torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
+        logits = logits_of(x)
+        total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
+        count += y.numel()
+    return total / count
+
+
+def wandao_full_val_loss(out_dir: Path, data_path: Path, block_size: int = 64) -> float:
+    """:func:`full_split_loss` of the last checkpoint ``wandao pretrain`` wrote, loaded with plain transformers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pretrain.checkpoint import latest_checkpoint
+
+    folder = latest_checkpoint(out_dir)
+    if folder is None:
+        raise RuntimeError(f"{out_dir} holds no checkpoint")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    text = data_path.read_text(encoding="utf-8")
+    val_text = text[int(len(text) * 0.9):]
+    ids = np.array(tokenizer(val_text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+    if len(ids) != len(val_text):
+        raise RuntimeError(f"{folder}'s tokenizer gave {len(ids)} ids for {len(val_text)} characters: not char-level")
+    return full_split_loss(lambda x: model(input_ids=x).logits, ids, block_size)
 
 
 def run_wandao(out_dir: Path, threads: int, extra: list[str] | None = None, config: str = ANCHOR,
@@ -323,6 +367,57 @@ def side_by_side(args) -> dict:
     return result
 
 
+# ------------------------------------------------------------------------------------------ seeds
+
+def seeds(args) -> dict:
+    """Both sides at ``--seeds`` seeds (1337, 1338, ...): how much of the val-loss gap is the seed."""
+    data_path = Path(os.environ.get("WANDAO_DATA_DIR", REPO.parent / "shared" / "data")) / "tinyshakespeare" / "input.txt"
+    if not data_path.exists():
+        sys.exit(f"{data_path} not found: set WANDAO_DATA_DIR to the mirrored data")
+    extra = [] if args.max_iters == 2000 else ["--train.max_iters", str(args.max_iters),
+                                                "--schedule.decay_iters", str(args.max_iters)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.seeds):
+            seed = 1337 + i
+            print(f"[seed {seed}] baseline ...", file=sys.stderr, flush=True)
+            base = run_baseline(data_path, Path(tmp), args.threads, args.max_iters, seed=seed)
+            print(f"[seed {seed}] wandao pretrain ...", file=sys.stderr, flush=True)
+            run_dir = Path(tmp) / f"wandao-{seed}"
+            ours = run_wandao(run_dir, args.threads, [*extra, "--train.seed", str(seed), "--train.plot", "false"])
+            rows.append({"seed": seed, "base_val": base["final_val_loss"], "ours_val": ours["final_val_loss"],
+                         "base_full": base["full_val_loss"],
+                         "ours_full": wandao_full_val_loss(run_dir, data_path),
+                         "base_ms": base["ms_per_iter_median"], "ours_ms": ours["ms_per_iter_median"]})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+
+    def mean_sd(key):
+        values = [r[key] for r in rows]
+        return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+    summary = {key: dict(zip(("mean", "sd"), mean_sd(key))) for key in rows[0] if key != "seed"}
+    summary["seeds_at_or_below_1.88"] = {"baseline": sum(r["base_val"] <= 1.88 for r in rows),
+                                         "wandao": sum(r["ours_val"] <= 1.88 for r in rows), "of": len(rows)}
+    table_rows = [*rows, {"seed": "mean", **{k: v["mean"] for k, v in summary.items() if "mean" in v}},
+                  {"seed": "sd", **{k: v["sd"] for k, v in summary.items() if "sd" in v}}]
+    md = "\n".join([
+        "# Pretraining anchor across seeds: nanoGPT re-statement vs `wandao pretrain`", "",
+        f"Machine: {describe_machine(machine())}; torch {torch.__version__}, {args.threads} threads; "
+        f"{args.max_iters} iterations; seeds {rows[0]['seed']}..{rows[-1]['seed']}, each side seeded alike "
+        "(the two draw their random numbers in different orders, so a seed is not the same run on both).", "",
+        markdown_table(table_rows, [("seed", "seed", 0), ("base_val", "baseline val (20x12 windows)", 4),
+                                    ("ours_val", "wandao val (20x12 windows)", 4),
+                                    ("base_full", "baseline val (whole split)", 4),
+                                    ("ours_full", "wandao val (whole split)", 4),
+                                    ("base_ms", "baseline ms/iter", 1), ("ours_ms", "wandao ms/iter", 1)]), "",
+        f"Seeds at or below 1.88 (the nanoGPT estimate): baseline {summary['seeds_at_or_below_1.88']['baseline']}, "
+        f"wandao {summary['seeds_at_or_below_1.88']['wandao']}, of {len(rows)}. The whole-split column scores all "
+        "non-overlapping 64-character windows of the last 10% (no sampling).", ""])
+    payload = {"rows": rows, "summary": summary, "max_iters": args.max_iters, "machine": machine()}
+    write_outputs("pretrain_seeds", md, payload)
+    return payload
+
+
 # ---------------------------------------------------------------------------------------- variants
 
 VARIANTS = [
@@ -376,7 +471,13 @@ def main() -> None:
     ap.add_argument("--order", choices=("ab", "abba"), default="ab",
                     help="ab: baseline then wandao; abba: baseline, wandao, wandao, baseline (cancels load drift)")
     ap.add_argument("--variants", action="store_true", help="the equal-compute variants table instead")
+    ap.add_argument("--seeds", type=int, default=0,
+                    help="run both sides at this many seeds (1337, 1338, ...) and report the spread instead")
     args = ap.parse_args()
+    if args.seeds:
+        payload = seeds(args)
+        print(json.dumps(payload["summary"]))
+        return
     if args.variants:
         payload = variants(args)
         print(json.dumps({r["name"]: r["val"] for r in payload["rows"]}))
