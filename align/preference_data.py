@@ -147,7 +147,9 @@ def _prompt_turns(prompt: str, path, line: int, fld: str) -> tuple[str, list[tup
 
 
 def _str_field(record: dict, key: str, path, line: int) -> str:
-    value = record.get(key)
+    if key not in record:
+        raise DataError(path, f"is missing (must be a string; the row has {sorted(record)})", line, field=key)
+    value = record[key]
     if not isinstance(value, str):
         raise DataError(path, f"must be a string, got {type(value).__name__}", line, field=key)
     if not value.strip():
