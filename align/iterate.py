@@ -213,6 +213,9 @@ def build_reward(spec: str, device: str = "cpu", batch_size: int = 64) -> Callab
         from align.reward import load_reward_model, score
 
         rm = load_reward_model(path, device)
+        if len(rm.heads) > 1:
+            raise ConfigError(f"{path}: this RM has heads {', '.join(rm.heads)}; score with a one-head RM or "
+                              "a module:function that calls align.reward.score(..., head=...)", "select.reward")
         return lambda rows: [float(v) for v in score(rm, list(rows), batch_size, device)]
     if ":" in spec:
         module, name = spec.split(":", 1)

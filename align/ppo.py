@@ -192,9 +192,13 @@ class RewardSpec(Config):
     malformed_penalty: float = field(default=0.0, metadata={
         "help": "attribution: a malformed answer (bad or out-of-range markers, no content words, citation debris, "
                 "a copied passage) scores minus this"})
+    head: Optional[str] = field(default=None, metadata={
+        "help": "rm: the objective head to read (an RM trained with model.heads, e.g. helpful or harmless)"})
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, REWARD_KINDS)
+        if self.head is not None and self.kind != "rm":
+            raise ConfigError(f"is for kind rm (an RM with objective heads), not {self.kind}", "head")
 
 
 @dataclass
@@ -673,7 +677,8 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
         raise ConfigError(f"prompt ({max_prompt}) + max_new_tokens ({rc.max_new_tokens}) must fit the context "
                           f"of {ctx} tokens", "data.max_prompt_tokens")
     reward_fn = CompositeReward([build_source(s.kind, s.name, s.weight, s.path, s.terms, s.token, tokenizer,
-                                              s.require_citation, device, malformed_penalty=s.malformed_penalty)
+                                              s.require_citation, device, malformed_penalty=s.malformed_penalty,
+                                              head=s.head)
                                for s in cfg.rewards])
     ptx_tokens = None
     if pc.ptx_coef > 0:

@@ -365,6 +365,18 @@ def group_rankings(rows: Iterable[PreferenceRow]) -> tuple[list[PreferenceRow], 
     return out, stats
 
 
+def merge_group_stats(a: dict, b: dict) -> dict:
+    """The :func:`group_rankings` stats of two disjoint row sets, as if counted together."""
+    hist: dict[str, int] = defaultdict(int)
+    for stats in (a, b):
+        for k, n in stats["k_histogram"].items():
+            hist[k] += n
+    out = {key: a[key] + b[key] for key in ("input_rows", "prompts", "groups_merged", "rows_out")}
+    out["k_max"] = max(a["k_max"], b["k_max"])
+    out["k_histogram"] = dict(sorted(hist.items(), key=lambda kv: int(kv[0])))
+    return out
+
+
 def _merge_group(group: list[PreferenceRow]) -> PreferenceRow | None:
     texts: list[str] = []
     index: dict[str, int] = {}

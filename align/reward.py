@@ -20,6 +20,14 @@ The saved folder's ``config.json`` carries ``wandao_rm`` (template, lengths, and
 ``reward_offset``: the mean raw reward on a reference set, subtracted so rewards have mean 0 there,
 as InstructGPT normalises its RM). So ``reward = logits[:, 0] - config.wandao_rm["reward_offset"]``.
 
+Objective heads (``model.heads: [helpful, harmless]``): one backbone, one linear output per head
+(``num_labels = len(heads)``, ``id2label`` names them), each training source read through the head
+``data.source_heads`` gives it, so the loss only ever compares two responses on one head. This is
+Llama 2's helpfulness / safety split at the cost of one encoder: a scalar trained on both parts has
+to rank "helpful" and "harmless" on one axis, where hh-rlhf's two parts pull apart. Then
+``reward = logits[:, h] - wandao_rm["reward_offsets"][heads[h]]``; callers name the head (``head=``,
+``--head``, PPO's ``rewards[].head``) and ``evaluate`` picks the head trained on the data's source.
+
 Library entry points for other packages (``evals`` calls these):
 
 - :func:`score` ``(model_dir, rows) -> np.ndarray`` of rewards;
@@ -82,9 +90,14 @@ class ModelSection(Config):
         "help": "the backbone's hidden/attention dropout while training; 0 (the default, as TRL's RewardConfig "
                 "disable_dropout): a response's reward does not depend on a dropout draw, so the pairwise "
                 "difference the loss sees is the model's, not noise; null keeps the backbone's (0.1 for MiniLM)"})
+    heads: list[str] = field(default_factory=list, metadata={
+        "help": "objective heads, e.g. [helpful, harmless]: one output per head on one backbone, each training "
+                "source read through its head (data.source_heads); empty: one scalar head"})
 
     def __post_init__(self) -> None:
         check_range("dropout", self.dropout, 0.0, 1.0)
+        if len(set(self.heads)) != len(self.heads) or not all(isinstance(h, str) and h for h in self.heads):
+            raise ConfigError(f"got {self.heads}; head names must be distinct, non-empty strings", "heads")
 
 
 @dataclass
@@ -110,6 +123,8 @@ class DataSection(Config):
         "help": "source -> weight: each epoch sees a source's rows this many times (2.0: twice; 0.5: a fixed "
                 "seeded half), to balance sources; unnamed sources weigh 1"})
     eval_limit: Optional[int] = field(default=None, metadata={"help": "evaluate at most this many rows per eval source"})
+    source_heads: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "source -> head (one of model.heads) for every training and eval source, when model.heads is set"})
 
     def __post_init__(self) -> None:
         check_range("test_fraction", self.test_fraction, 0.0, 1.0, low_inclusive=False)
@@ -193,6 +208,31 @@ class RMConfig(Config):
     train: TrainSection = field(default_factory=TrainSection, metadata={"help": "loop settings"})
     out: str = field(default="runs/rm", metadata={"help": "the RM folder to write (replaced atomically)"})
 
+    def __post_init__(self) -> None:
+        self.check_heads()
+
+    def check_heads(self) -> None:
+        """model.heads and data.source_heads agree: every source has a head, every head a training source."""
+        heads, mapping = self.model.heads, self.data.source_heads
+        if not heads:
+            if mapping:
+                raise ConfigError("maps sources to heads, which needs model.heads (e.g. [helpful, harmless])",
+                                  "data.source_heads")
+            return
+        for src, head in mapping.items():
+            if head not in heads:
+                raise ConfigError(f"{src}: {head!r} is not one of model.heads ({', '.join(heads)})",
+                                  "data.source_heads")
+        for section, sources in (("data.train", self.data.train), ("data.eval", self.data.eval)):
+            missing = [s for s in sources if s not in mapping]
+            if missing:
+                raise ConfigError(f"{section} sources {missing} have no head; map each to one of "
+                                  f"{', '.join(heads)}", "data.source_heads")
+        trained = {mapping[s] for s in self.data.train}
+        idle = [h for h in heads if h not in trained]
+        if idle:
+            raise ConfigError(f"heads {idle} get no training source", "model.heads")
+
 
 # ------------------------------------------------------------------------------ model, inputs
 
@@ -204,10 +244,71 @@ class RewardModel:
     model: Any
     tokenizer: Any
     meta: dict
+    head: Optional[int] = None  # which output to read: None for a one-head RM (or a multi-head one not told yet)
+
+    @property
+    def heads(self) -> list[str]:
+        """The objective heads' names (``[]`` for a scalar RM)."""
+        return list(self.meta.get("heads") or [])
+
+    @property
+    def head_index(self) -> int:
+        if self.head is not None:
+            return self.head
+        if len(self.heads) > 1:
+            raise ValueError(f"this RM has heads {', '.join(self.heads)}: name the one to read "
+                             "(head=..., --head, or a PPO reward's head:)")
+        return 0
+
+    @property
+    def head_name(self) -> Optional[str]:
+        return self.heads[self.head_index] if self.heads else None
 
     @property
     def offset(self) -> float:
+        offsets = self.meta.get("reward_offsets") or {}
+        if self.heads and self.head_name in offsets:
+            return float(offsets[self.head_name])
         return float(self.meta.get("reward_offset", 0.0))
+
+    def with_head(self, head: "str | int | None") -> "RewardModel":
+        """The same model reading ``head`` (a name or an index); ``None`` leaves it as it is."""
+        import dataclasses
+
+        if head is None:
+            return self
+        heads = self.heads
+        if isinstance(head, int) and not isinstance(head, bool):
+            if not 0 <= head < max(1, len(heads)):
+                raise ValueError(f"head {head} is out of range: this RM has {max(1, len(heads))} head(s)")
+            return dataclasses.replace(self, head=head)
+        if not heads:
+            raise ValueError(f"this RM has one scalar head, no head named {head!r}")
+        if head not in heads:
+            raise ValueError(f"unknown head {head!r}: this RM has heads {', '.join(heads)}")
+        return dataclasses.replace(self, head=heads.index(head))
+
+    def head_for_source(self, source: "str | os.PathLike") -> Optional[str]:
+        """The head trained on ``source`` (a source name, or a path that resolves to the same file), or None."""
+        mapping = self.meta.get("source_heads") or {}
+        if str(source) in mapping:
+            return mapping[str(source)]
+        from align.preference_data import source_path
+        from indexer.data import DataError
+
+        def resolved(src: "str | os.PathLike") -> Optional[Path]:
+            try:
+                return source_path(src).resolve()
+            except (DataError, OSError):
+                return None
+
+        target = resolved(source)
+        if target is None:
+            return None
+        for src, head in mapping.items():
+            if resolved(src) == target:
+                return head
+        return None
 
 
 def _backbone_path(name: str) -> str:
@@ -233,7 +334,10 @@ def build_reward_model(cfg: ModelSection, seed: int = 1337) -> RewardModel:
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     path = _backbone_path(cfg.backbone)
-    hf_config = AutoConfig.from_pretrained(path, num_labels=1)
+    hf_config = AutoConfig.from_pretrained(path, num_labels=max(1, len(cfg.heads)))
+    if cfg.heads:
+        hf_config.id2label = dict(enumerate(cfg.heads))
+        hf_config.label2id = {h: i for i, h in enumerate(cfg.heads)}
     pooling = _pooling_for(hf_config, cfg.pooling)
     if cfg.dropout is not None:
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop",
@@ -261,11 +365,18 @@ def build_reward_model(cfg: ModelSection, seed: int = 1337) -> RewardModel:
     if pooling == "cls" and _is_causal(hf_config):
         raise ConfigError(f"{hf_config.model_type} is a causal LM: its head reads the last token; use pooling last",
                           "model.pooling")
-    return RewardModel(model, tokenizer, {"pooling": pooling, "backbone": cfg.backbone})
+    meta = {"pooling": pooling, "backbone": cfg.backbone}
+    if cfg.heads:
+        meta["heads"] = list(cfg.heads)
+    return RewardModel(model, tokenizer, meta)
 
 
-def load_reward_model(model_dir: str | os.PathLike, device: str = "cpu") -> RewardModel:
-    """Load an RM folder written by ``wandao rm train`` (or any ``num_labels=1`` HF classifier)."""
+def load_reward_model(model_dir: str | os.PathLike, device: str = "cpu", head: "str | int | None" = None) -> RewardModel:
+    """Load an RM folder written by ``wandao rm train`` (or any ``num_labels=1`` HF classifier).
+
+    ``head`` names the objective head to read (an RM trained with ``model.heads``); a multi-head RM
+    loaded without one can still be evaluated per source but refuses to score until told.
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model_dir = Path(model_dir)
@@ -278,14 +389,20 @@ def load_reward_model(model_dir: str | os.PathLike, device: str = "cpu") -> Rewa
     else:
         model_class = AutoModelForSequenceClassification
     model = model_class.from_pretrained(str(model_dir)).to(device)
-    if model.config.num_labels != 1:
-        raise ValueError(f"{model_dir}: a reward model has num_labels=1, this one has {model.config.num_labels}")
+    meta = dict(getattr(model.config, "wandao_rm", None) or {})
+    heads = list(meta.get("heads") or [])
+    if model.config.num_labels != max(1, len(heads)):
+        expected = f"{len(heads)} (one per head: {', '.join(heads)})" if heads else "1"
+        raise ValueError(f"{model_dir}: a reward model has num_labels={expected}, this one has "
+                         f"{model.config.num_labels}")
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    meta = dict(getattr(model.config, "wandao_rm", None) or {})
-    return RewardModel(model, tokenizer, meta)
+    try:
+        return RewardModel(model, tokenizer, meta).with_head(head)
+    except ValueError as err:
+        raise ValueError(f"{model_dir}: {err}") from None
 
 
 def render_prompts(rows: Sequence["PreferenceRow"], template: str) -> list[str]:
@@ -349,14 +466,25 @@ def _pad(seqs: Sequence[Sequence[int]], pad_id: int, device: str) -> tuple["torc
     return ids.to(device), mask.to(device)
 
 
-def forward_rewards(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, device: str) -> "torch.Tensor":
-    """Raw rewards ``(N,)`` of token-id sequences in one padded forward."""
+def forward_rewards(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, device: str,
+                    head: "int | Sequence[int]" = 0) -> "torch.Tensor":
+    """Raw rewards ``(N,)`` of token-id sequences in one padded forward.
+
+    ``head``: the output column to read, one for all, or one per sequence (training mixes sources
+    whose heads differ in one batch).
+    """
+    import torch
+
     ids, mask = _pad(seqs, pad_id, device)
-    return model(input_ids=ids, attention_mask=mask).logits[:, 0].float()
+    logits = model(input_ids=ids, attention_mask=mask).logits  # (N, heads)
+    if isinstance(head, int):
+        return logits[:, head].float()
+    index = torch.as_tensor(list(head), dtype=torch.long, device=logits.device).unsqueeze(1)  # (N, 1)
+    return logits.gather(1, index).squeeze(1).float()
 
 
 def _rewards_batched(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, device: str, batch_size: int,
-                     desc: str = "scoring") -> "np.ndarray":
+                     desc: str = "scoring", head: int = 0) -> "np.ndarray":
     """Raw rewards of many sequences, sorted by length into batches (less padding), in input order."""
     import numpy as np
     import torch
@@ -370,14 +498,14 @@ def _rewards_batched(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, dev
         for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False,
                           disable=bool(os.environ.get("WANDAO_NO_TQDM")) or len(order) <= batch_size):
             idx = order[start: start + batch_size]
-            out[idx] = forward_rewards(model, [seqs[i] for i in idx], pad_id, device).cpu().numpy()
+            out[idx] = forward_rewards(model, [seqs[i] for i in idx], pad_id, device, head).cpu().numpy()
     model.train(was_training)
     return out
 
 
 def row_rewards(rm: RewardModel, rows: Sequence["PreferenceRow"], batch_size: int = 64,
                 device: str = "cpu") -> list["np.ndarray"]:
-    """Normalised rewards of every response of every row (one array per row).
+    """Normalised rewards of every response of every row (one array per row), read through ``rm``'s head.
 
     Identical token sequences are scored once: preference sets repeat responses, and one score per
     distinct sequence also guarantees a response compared with itself is an exact tie (the same text
@@ -387,7 +515,8 @@ def row_rewards(rm: RewardModel, rows: Sequence["PreferenceRow"], batch_size: in
     position: dict[tuple[int, ...], int] = {}
     index = [position.setdefault(tuple(seq), len(position)) for seq in seqs]
     distinct = [list(seq) for seq in position]
-    scores = _rewards_batched(rm.model, distinct, rm.tokenizer.pad_token_id, device, batch_size) - rm.offset
+    head = rm.head_index  # before any work: a multi-head RM not told its head fails here
+    scores = _rewards_batched(rm.model, distinct, rm.tokenizer.pad_token_id, device, batch_size, head=head) - rm.offset
     flat = scores[index]
     return [flat[a:b] for a, b in spans]
 
@@ -432,18 +561,21 @@ def preference_metrics(rewards: Sequence["np.ndarray"], rows: Sequence["Preferen
 # ---------------------------------------------------------------------------------- library API
 
 
-def _as_rm(model: "str | os.PathLike | RewardModel", device: str) -> RewardModel:
-    return model if isinstance(model, RewardModel) else load_reward_model(model, device)
+def _as_rm(model: "str | os.PathLike | RewardModel", device: str, head: "str | int | None" = None) -> RewardModel:
+    if isinstance(model, RewardModel):
+        return model.with_head(head)
+    return load_reward_model(model, device, head)
 
 
 def score(model_dir: "str | os.PathLike | RewardModel", rows: Sequence[Any], batch_size: int = 64,
-          device: str = "cpu") -> "np.ndarray":
+          device: str = "cpu", head: "str | int | None" = None) -> "np.ndarray":
     """Normalised rewards of (prompt, response) items.
 
     Args:
         model_dir: an RM folder (or a loaded :class:`RewardModel`).
         rows: dicts ``{"prompt" (or "question"), "response", "history"?, "evidence"?}`` or
             ``(prompt, response)`` tuples.
+        head: the objective head to read (required for an RM with several heads).
 
     Returns:
         ``(len(rows),)`` float64 rewards, offset subtracted.
@@ -456,7 +588,6 @@ def score(model_dir: "str | os.PathLike | RewardModel", rows: Sequence[Any], bat
 
     from align.preference_data import PreferenceRow, _read_evidence, _read_history
 
-    rm = _as_rm(model_dir, device)
     items = []
     for n, row in enumerate(rows, start=1):
         if isinstance(row, (tuple, list)) and len(row) == 2:
@@ -470,19 +601,24 @@ def score(model_dir: "str | os.PathLike | RewardModel", rows: Sequence[Any], bat
             raise ValueError(f"row {n} (field 'response'): must be a string")
         items.append(PreferenceRow(str(n), prompt, [row["response"]], [0], _read_history(row.get("history"), "rows", n),
                                    _read_evidence(row.get("evidence"), "rows", n)))
+    rm = _as_rm(model_dir, device, head)  # after the rows: a bad row should not cost a model load
+    rm.head_index  # a multi-head RM without a head fails here, even with no rows
     if not items:
         return np.zeros(0)
     return np.concatenate(row_rewards(rm, items, batch_size, device))
 
 
 def evaluate(model_dir: "str | os.PathLike | RewardModel", data: "str | os.PathLike | Sequence[PreferenceRow]",
-             split: str = "all", test_fraction: float = 0.2, batch_size: int = 64, device: str = "cpu") -> dict:
+             split: str = "all", test_fraction: float = 0.2, batch_size: int = 64, device: str = "cpu",
+             head: "str | int | None" = None) -> dict:
     """Metrics of an RM on preference data.
 
     Args:
         model_dir: an RM folder or a loaded :class:`RewardModel`.
         data: a source (``hh-rlhf:helpful-base``, an hh-rlhf ``*.jsonl.gz``, JSONL) or rows.
         split: ``all``, or ``train``/``test`` (the 80/20 prompt-hash parts).
+        head: the objective head to read; by default (an RM with heads) the head trained on ``data``'s
+            source, named as in training or by a path to the same file.
 
     Returns:
         ``{"accuracy", "ties", "pairs", "ece", "correct", "accuracy_ties_half", "mean_margin",
@@ -490,12 +626,22 @@ def evaluate(model_dir: "str | os.PathLike | RewardModel", data: "str | os.PathL
     """
     from align.preference_data import read_preferences, split_by_prompt
 
-    rm = _as_rm(model_dir, device)
+    # the data first: a bad file should not cost a model load
     rows = read_preferences(data) if isinstance(data, (str, os.PathLike)) else list(data)
     rows = split_by_prompt(rows, split, test_fraction)
     if not rows:
         raise ValueError(f"{data}: the {split!r} part is empty")
-    return preference_metrics(row_rewards(rm, rows, batch_size, device), rows)
+    rm = _as_rm(model_dir, device, head)
+    if head is None and len(rm.heads) > 1:
+        own = rm.head_for_source(data) if isinstance(data, (str, os.PathLike)) else None
+        if own is None:
+            raise ValueError(f"{data}: no head of this RM was trained on it; name one of {', '.join(rm.heads)} "
+                             "(head=..., --head)")
+        rm = rm.with_head(own)
+    metrics = preference_metrics(row_rewards(rm, rows, batch_size, device), rows)
+    if rm.heads:
+        metrics["head"] = rm.head_name
+    return metrics
 
 
 # ---------------------------------------------------------------------------------- training
@@ -510,6 +656,7 @@ class _Batches:
     margins: list[dict[tuple[int, int], float]]
     pairs: list[int]  # comparisons per row
     targets: list[dict[tuple[int, int], float]] = field(default_factory=list)  # soft labels per row (may be empty)
+    heads: list[int] = field(default_factory=list)  # the objective head each row trains (empty: all head 0)
 
     def epoch(self, batch_size: int, rng: random.Random, group_by_length: bool) -> list[list[int]]:
         order = list(range(len(self.seqs)))
@@ -541,8 +688,9 @@ class _Batches:
         return out
 
 
-def prepare_rows(rows: Sequence["PreferenceRow"], cfg: RMConfig, tokenizer: Any) -> _Batches:
-    """Tokenise every row once and map strengths to margins (per the loss section)."""
+def prepare_rows(rows: Sequence["PreferenceRow"], cfg: RMConfig, tokenizer: Any,
+                 heads: Optional[Sequence[int]] = None) -> _Batches:
+    """Tokenise every row once and map strengths to margins (per the loss section); ``heads``: each row's head."""
     from align.losses import strength_to_margin
 
     prompts = render_prompts(rows, cfg.data.template)
@@ -567,7 +715,7 @@ def prepare_rows(rows: Sequence["PreferenceRow"], cfg: RMConfig, tokenizer: Any)
                 raise DataError(r.source, str(err), r.line, field="strength") from None
         margins.append(m)
     return _Batches(seqs, [list(r.ranks) for r in rows], margins, [len(r.comparisons()) for r in rows],
-                    [dict(r.probabilities) for r in rows])
+                    [dict(r.probabilities) for r in rows], list(heads) if heads is not None else [])
 
 
 def batch_loss(model: Any, data: _Batches, batch: list[int], loss_cfg: LossSection, pad_id: int,
@@ -578,7 +726,9 @@ def batch_loss(model: Any, data: _Batches, batch: list[int], loss_cfg: LossSecti
     from align.losses import kwise_loss, reward_l2
 
     flat = [s for i in batch for s in data.seqs[i]]
-    raw = forward_rewards(model, flat, pad_id, device)  # (sum K,)
+    # every response read through its row's head: a batch can mix sources, the loss never mixes heads
+    heads = [data.heads[i] for i in batch for _ in data.seqs[i]] if data.heads else 0
+    raw = forward_rewards(model, flat, pad_id, device, heads)  # (sum K,)
     k_max = max(len(data.seqs[i]) for i in batch)
     rewards = torch.zeros((len(batch), k_max), device=raw.device)
     ranks = torch.full((len(batch), k_max), -1, dtype=torch.long)
@@ -633,7 +783,7 @@ def run(cfg: RMConfig) -> dict[str, Any]:
     import torch
 
     from align.losses import pair_counts
-    from align.preference_data import expand_to_pairs, group_rankings
+    from align.preference_data import expand_to_pairs, group_rankings, merge_group_stats
     from pretrain.checkpoint import atomic_folder
     from pretrain.metrics import MetricsLogger, peak_memory_mb, plot_loss_curve, write_summary
     from pretrain.optim import LRSchedule, build_optimizer, clip_grad_norm, set_lr
@@ -646,19 +796,30 @@ def run(cfg: RMConfig) -> dict[str, Any]:
     np.random.seed(tc.seed)
     torch.manual_seed(tc.seed)
     out = Path(cfg.out)
+    cfg.check_heads()  # again: fields may have been set after construction
+    head_names = cfg.model.heads or [None]
 
-    # -- data: the train part of each source; K-wise rows where pairs share a prompt
+    def head_of(src: str) -> int:
+        return cfg.model.heads.index(cfg.data.source_heads[src]) if cfg.model.heads else 0
+
+    # -- data: the train part of each source; K-wise rows where pairs share a prompt (within one head)
     train_sets = _load_sources(cfg.data.train, cfg.data.train_split, cfg.data.test_fraction, cfg.data.limit)
-    rows = [r for src, rs in train_sets.items() for r in weight_rows(rs, cfg.data.train_weights.get(src, 1.0), tc.seed)]
-    group_stats = None
-    if cfg.data.group_rankings:
-        rows, group_stats = group_rankings(rows)
+    rows, row_heads, group_stats = [], [], None
+    for h in range(len(head_names)):
+        part = [r for src, rs in train_sets.items() if head_of(src) == h
+                for r in weight_rows(rs, cfg.data.train_weights.get(src, 1.0), tc.seed)]
+        if cfg.data.group_rankings:
+            part, stats = group_rankings(part)
+            group_stats = stats if group_stats is None else merge_group_stats(group_stats, stats)
+        if cfg.loss.kind == "pairwise":
+            part = expand_to_pairs(part)  # the same comparisons, one batch element each
+        rows += part
+        row_heads += [h] * len(part)
+    if group_stats is not None:
         logger.info("ranked rows: %s", group_stats)
-    if cfg.loss.kind == "pairwise":
-        rows = expand_to_pairs(rows)  # the same comparisons, one batch element each
     rm = build_reward_model(cfg.model, tc.seed)
     model, tokenizer = rm.model.to(device), rm.tokenizer
-    data = prepare_rows(rows, cfg, tokenizer)
+    data = prepare_rows(rows, cfg, tokenizer, row_heads if cfg.model.heads else None)
     n_pairs = sum(data.pairs)
     rng = random.Random(tc.seed)
     steps_per_epoch = len(data.epoch(tc.batch_size, random.Random(0), False))
@@ -678,14 +839,17 @@ def run(cfg: RMConfig) -> dict[str, Any]:
         for src, ev_rows in sets.items():
             if not ev_rows:
                 continue
-            result[src] = preference_metrics(row_rewards(rm, ev_rows, tc.eval_batch_size, device), ev_rows)
+            reader = rm.with_head(head_of(src)) if cfg.model.heads else rm
+            result[src] = preference_metrics(row_rewards(reader, ev_rows, tc.eval_batch_size, device), ev_rows)
+            if cfg.model.heads:
+                result[src]["head"] = reader.head_name
             metrics.log(step, "eval", source=src, **{k: v for k, v in result[src].items()})
             logger.info("eval step %d %s: accuracy %.4f (ties %d of %d pairs), ece %.4f", step, src,
                         result[src]["accuracy"], result[src]["ties"], result[src]["pairs"], result[src]["ece"])
         return result
 
     # -- loop (nanoGPT's order)
-    rm.meta.update(_meta(cfg, rm.meta["pooling"], 0.0))  # scoring settings for the evals
+    rm.meta.update(_meta(cfg, rm.meta["pooling"], [0.0] * len(head_names)))  # scoring settings for the evals
     model.train()
     batches: list[list[int]] = []
     t0 = time.perf_counter()
@@ -734,13 +898,15 @@ def run(cfg: RMConfig) -> dict[str, Any]:
             loss_sum, acc_sum, n_since = torch.zeros(()), torch.zeros(()), 0
     train_seconds = time.perf_counter() - t0
 
-    # -- normalise: mean 0 on the reference rows' responses (InstructGPT)
-    offset = 0.0
+    # -- normalise: mean 0 on the reference rows' responses (InstructGPT), per head on that head's rows
+    offsets = [0.0] * len(head_names)
     if tc.reference_rows > 0:
-        ref = rows[: tc.reference_rows]
-        raw = row_rewards(rm, ref, tc.eval_batch_size, device)
-        offset = float(np.concatenate(raw).mean())
-    rm.meta.update(_meta(cfg, rm.meta["pooling"], offset))
+        for h in range(len(head_names)):
+            ref = [r for r, rh in zip(rows, row_heads) if rh == h][: tc.reference_rows]
+            raw = row_rewards(rm.with_head(h) if cfg.model.heads else rm, ref, tc.eval_batch_size, device)
+            offsets[h] = float(np.concatenate(raw).mean())
+    offset = offsets[0]
+    rm.meta.update(_meta(cfg, rm.meta["pooling"], offsets))
     final = evaluate_all(steps_done)
     metrics.close()
 
@@ -754,6 +920,8 @@ def run(cfg: RMConfig) -> dict[str, Any]:
     summary = {"out": str(out), "steps": steps_done, "planned_steps": max_steps, "rows": len(rows), "comparisons": n_pairs,
                "train_seconds": round(train_seconds, 1), "pairs_per_s": round(total_pairs / max(train_seconds, 1e-9), 2),
                "reward_offset": offset, "loss": cfg.loss.kind, "eval": final}
+    if cfg.model.heads:
+        summary["reward_offsets"] = dict(zip(cfg.model.heads, offsets))
     if group_stats is not None:
         summary["ranked_rows"] = group_stats
     with atomic_folder(out) as tmp:
@@ -768,8 +936,10 @@ def run(cfg: RMConfig) -> dict[str, Any]:
             logger.warning("loss plot failed: %s", err)
         flat = {"steps": steps_done, "comparisons": n_pairs, "train_seconds": summary["train_seconds"],
                 "reward_offset": offset}
+        for h, o in (zip(cfg.model.heads, offsets) if cfg.model.heads else ()):
+            flat[f"reward_offset {h}"] = o
         for src, m in final.items():
-            flat[f"{src} accuracy"] = m["accuracy"]
+            flat[f"{src} accuracy" + (f" (head {m['head']})" if "head" in m else "")] = m["accuracy"]
             flat[f"{src} ece"] = m["ece"]
         heads = " `rm_heads.py` (the mean-pooling head: trust_remote_code)," if rm.meta["pooling"] == "mean" else ""
         write_summary(tmp, flat, title="wandao reward model",
@@ -781,13 +951,18 @@ def run(cfg: RMConfig) -> dict[str, Any]:
     return summary
 
 
-def _meta(cfg: RMConfig, pooling: str, offset: float) -> dict:
+def _meta(cfg: RMConfig, pooling: str, offsets: Sequence[float]) -> dict:
+    """The scoring settings saved as ``config.wandao_rm``; ``offsets``: one per head (one for a scalar RM)."""
     from rag.templates import get_template
 
     tpl = get_template(cfg.data.template)
-    return {"template": f"{tpl.name}@{tpl.version}", "max_length": cfg.data.max_length,
-            "min_prompt_tokens": cfg.data.min_prompt_tokens, "pooling": pooling, "reward_offset": offset,
+    meta = {"template": f"{tpl.name}@{tpl.version}", "max_length": cfg.data.max_length,
+            "min_prompt_tokens": cfg.data.min_prompt_tokens, "pooling": pooling, "reward_offset": float(offsets[0]),
             "backbone": cfg.model.backbone, "loss": cfg.loss.kind}
+    if cfg.model.heads:  # reward_offset stays too (the first head's), for readers that know one head
+        meta.update({"heads": list(cfg.model.heads), "source_heads": dict(cfg.data.source_heads),
+                     "reward_offsets": {h: float(o) for h, o in zip(cfg.model.heads, offsets)}})
+    return meta
 
 
 # --------------------------------------------------------------------------------------- CLI
@@ -797,6 +972,9 @@ EPILOG = """examples:
   wandao rm train --config configs/rm/minilm-hhh-kwise.yaml --train.max_steps 20
   wandao rm eval --model runs/rm/minilm-hh --data $WANDAO_DATA_DIR/hh-rlhf/helpful-base/test.jsonl.gz --split test --json
   wandao rm score --model runs/rm/minilm-hh --data prompts_responses.jsonl --out scored.jsonl
+  wandao rm train --config configs/rm/minilm-hh-heads.yaml      # one backbone, a helpful and a harmless head
+  wandao rm eval --model runs/rm/minilm-hh-heads --data hh-rlhf:harmless-base --split test   # its harmless head
+  wandao rm score --model runs/rm/minilm-hh-heads --head helpful --data prompts_responses.jsonl --out scored.jsonl
 """
 
 
@@ -831,6 +1009,8 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--split", default="all", choices=("all", "train", "test"),
                    help="all rows, or the 80%% train / 20%% test part by prompt hash (default: all)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="size of the test part (default 0.2)")
+    p.add_argument("--head", default=None, help="objective head to read (an RM trained with model.heads); "
+                                                "default: the head trained on --data's source")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per forward")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON line (the last line)")
@@ -838,7 +1018,8 @@ def eval_main(argv: list[str]) -> int:
     from indexer.data import DataError
 
     try:
-        metrics = evaluate(args.model, args.data, args.split, args.test_fraction, args.batch_size, args.device)
+        metrics = evaluate(args.model, args.data, args.split, args.test_fraction, args.batch_size, args.device,
+                           head=args.head)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"wandao rm eval: {err}", file=sys.stderr)
         return 2
@@ -859,6 +1040,7 @@ def score_main(argv: list[str]) -> int:
                    help="JSONL rows: {prompt, response, history?, evidence?} get 'reward'; preference rows "
                         "(chosen/rejected, responses, hh-rlhf transcripts) get 'rewards' per response")
     p.add_argument("--out", required=True, metavar="FILE", help="output JSONL (written atomically)")
+    p.add_argument("--head", default=None, help="objective head to read (required for an RM with several heads)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
@@ -867,12 +1049,17 @@ def score_main(argv: list[str]) -> int:
     from indexer.io import atomic_write_text
 
     try:
-        rm = load_reward_model(args.model, args.device)
+        # the data first (a bad row should not cost a model load), then the model
         records = list(iter_records(source_path(args.data)))
         single = [(n, r) for n, r in records if isinstance(r, dict) and "response" in r]
         pref = [(n, r) for n, r in records if not (isinstance(r, dict) and "response" in r)]
-        rewards_single = score(rm, [r for _, r in single], args.batch_size, args.device) if single else []
         pref_rows = [row_from_record(r, args.data, n) for n, r in pref]
+        rm = load_reward_model(args.model, args.device, args.head)
+        if rm.head is None and len(rm.heads) > 1:
+            print(f"wandao rm score: {args.model}: this RM has heads {', '.join(rm.heads)}; pass --head",
+                  file=sys.stderr)
+            return 2
+        rewards_single = score(rm, [r for _, r in single], args.batch_size, args.device) if single else []
         rewards_pref = row_rewards(rm, pref_rows, args.batch_size, args.device) if pref_rows else []
     except (DataError, FileNotFoundError) as err:
         print(f"wandao rm score: {err}", file=sys.stderr)

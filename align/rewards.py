@@ -204,15 +204,22 @@ class TargetTokenReward:
 
 
 class LearnedRM:
-    """A reward model trained by ``wandao rm train`` (:mod:`align.reward`), scoring question + evidence + response."""
+    """A reward model trained by ``wandao rm train`` (:mod:`align.reward`), scoring question + evidence + response.
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", batch_size: int = 64) -> None:
+    ``head`` names the objective head to read; an RM with several heads needs one (checked here, at
+    construction, not at the first rollout).
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", batch_size: int = 64,
+                 head: str | None = None) -> None:
         from align.reward import load_reward_model
 
         self.path = Path(os.path.expandvars(os.path.expanduser(str(path))))
         if not self.path.is_dir():
             raise FileNotFoundError(f"{self.path}: no RM folder (train one with wandao rm train)")
-        self.rm = load_reward_model(self.path, device)
+        self.rm = load_reward_model(self.path, device, head)
+        if self.rm.head is None and len(self.rm.heads) > 1:
+            raise ValueError(f"{self.path}: this RM has heads {', '.join(self.rm.heads)}; give the reward a head")
         self.device, self.batch_size = device, batch_size
 
     def __call__(self, rows: Rows) -> list[float]:
@@ -271,11 +278,13 @@ class CompositeReward:
 
 def build_source(kind: str, name: str | None = None, weight: float = 1.0, path: str = "", terms: Sequence[str] = (),
                  token: str = "", tokenizer: Any = None, require_citation: bool = True, device: str = "cpu",
-                 batch_size: int = 64, malformed_penalty: float = 0.0) -> RewardSource:
+                 batch_size: int = 64, malformed_penalty: float = 0.0, head: str | None = None) -> RewardSource:
     """One :class:`RewardSource` from its config fields (``kind``: rm, attribution, not_human,
-    blocklist, target_token, function)."""
+    blocklist, target_token, function; ``head``: the RM's objective head, for kind rm)."""
+    if head and kind != "rm":
+        raise ValueError(f"head {head!r} is for kind rm (an RM with objective heads), not {kind}")
     if kind == "rm":
-        fn: Callable = LearnedRM(path, device, batch_size)
+        fn: Callable = LearnedRM(path, device, batch_size, head)
     elif kind == "attribution":
         fn = AttributionRule(require_citation, malformed_penalty)
     elif kind == "not_human":

@@ -16,6 +16,10 @@ gives each half a point, RewardBench's convention); ``ece`` is the expected cali
 ``mean_margin`` = mean(r_chosen − r_rejected). With several ``--data`` sources each also gets
 ``accuracy/<source>`` etc.; the top-level numbers pool every comparison.
 
+An RM with objective heads (``model.heads`` in ``wandao rm train``) reads each source through the
+head trained on it (``head/<source>`` says which); ``--head`` reads every source through one head
+(a source no head was trained on, such as ``hhh-evals``, needs it).
+
 Per-example rows (one per comparison): the source row id, the prompt (the last user turn), both
 responses, both rewards, the margin and whether it was correct or a tie.
 """
@@ -50,6 +54,8 @@ class Config:
     batch_size: int = field(default=64, metadata={"help": "sequences per forward pass"})
     ece_bins: int = field(default=10, metadata={"help": "equal-width probability bins of the ECE"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
+    head: str | None = field(default=None, metadata={
+        "help": "objective head for every source (an RM with heads); default: each source's own head"})
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str):
@@ -101,12 +107,21 @@ def suite(cfg: Config) -> tuple[dict, list[dict]]:
 
     if not cfg.model:
         raise ValueError("rm needs --model DIR (an RM folder written by wandao rm train)")
-    rm = load_reward_model(cfg.model, cfg.device)
-    sets = load_rows(cfg)
+    sets = load_rows(cfg)  # the data first: a bad file should not cost a model load
+    rm = load_reward_model(cfg.model, cfg.device, cfg.head)
+    readers = {}
+    for src in sets:
+        own = None if cfg.head or len(rm.heads) < 2 else rm.head_for_source(src)
+        if len(rm.heads) > 1 and not cfg.head and own is None:
+            raise ValueError(f"{src}: no head of {cfg.model} was trained on it; pass --head "
+                             f"({', '.join(rm.heads)})")
+        readers[src] = rm.with_head(own)
     all_rows, all_rewards, per_example, per_source = [], [], [], {}
     for src, rows in sets.items():
-        logger.info("scoring %d rows of %s (%s part)", len(rows), src, cfg.split)
-        rewards = row_rewards(rm, rows, cfg.batch_size, cfg.device)
+        reader = readers[src]
+        logger.info("scoring %d rows of %s (%s part)%s", len(rows), src, cfg.split,
+                    f" through head {reader.head_name}" if rm.heads else "")
+        rewards = row_rewards(reader, rows, cfg.batch_size, cfg.device)
         per_source[src] = preference_metrics(rewards, rows, cfg.ece_bins)
         per_example += comparison_rows(src, rows, rewards)
         all_rows += rows
@@ -115,6 +130,10 @@ def suite(cfg: Config) -> tuple[dict, list[dict]]:
     if len(sets) > 1:
         for src, m in per_source.items():
             metrics.update({f"{k}/{src}": m[k] for k in PER_SOURCE})
-    metrics.update({"model": cfg.model, "dataset": ", ".join(cfg.data), "split": cfg.split,
-                    "reward_offset": rm.offset})
+    if rm.heads:
+        metrics.update({f"head/{src}": reader.head_name for src, reader in readers.items()})
+        metrics.update({f"reward_offset/{reader.head_name}": reader.offset for reader in readers.values()})
+    else:
+        metrics["reward_offset"] = rm.offset
+    metrics.update({"model": cfg.model, "dataset": ", ".join(cfg.data), "split": cfg.split})
     return metrics, per_example

@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -270,3 +271,143 @@ def test_train_weights_repeat_and_subsample_a_source():
         RMConfig.from_dict({"data": {"train": ["hh-rlhf:helpful-base"], "train_weights": {"hh-rlhf:harmless-base": 2.0}}})
     with pytest.raises(ConfigError, match="train_weights"):
         RMConfig.from_dict({"data": {"train": ["hh-rlhf:helpful-base"], "train_weights": {"hh-rlhf:helpful-base": 0.0}}})
+
+
+# ------------------------------------------------------------------------------ objective heads
+
+HELPFUL, HARMLESS = "hh-rlhf:helpful-base", "hh-rlhf:harmless-base"
+
+
+@pytest.fixture(scope="module")
+def two_heads(tiny_bert, tmp_path_factory):
+    """A tiny RM with a helpful head (trained on 16 helpful-base rows) and a harmless head (16 harmless-base rows)."""
+    out = tmp_path_factory.mktemp("rm") / "tiny-heads"
+    cfg = _cfg(tiny_bert, out)
+    cfg = RMConfig.from_dict({**cfg.to_dict(), "model": {"backbone": tiny_bert, "heads": ["helpful", "harmless"]},
+                              "data": {**cfg.to_dict()["data"], "train": [HELPFUL, HARMLESS], "eval": [HELPFUL, HARMLESS],
+                                       "source_heads": {HELPFUL: "helpful", HARMLESS: "harmless"}}})
+    summary = run(cfg)
+    return cfg, summary, out
+
+
+def _train_rows(source: str) -> list:
+    return split_by_prompt(read_preferences(source), "train")[:16]
+
+
+def test_two_head_rm_trains_each_head_on_its_own_rows_and_saves_both(two_heads):
+    from transformers import AutoModelForSequenceClassification
+
+    _, summary, out = two_heads
+    hf = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    assert hf.config.num_labels == 2 and hf.config.id2label == {0: "helpful", 1: "harmless"}
+    meta = hf.config.wandao_rm
+    assert meta["heads"] == ["helpful", "harmless"]
+    assert meta["source_heads"] == {HELPFUL: "helpful", HARMLESS: "harmless"}
+    assert meta["reward_offsets"] == pytest.approx(summary["reward_offsets"])
+    assert meta["reward_offset"] == pytest.approx(meta["reward_offsets"]["helpful"])
+    assert summary["eval"][HELPFUL]["head"] == "helpful" and summary["eval"][HARMLESS]["head"] == "harmless"
+    rm = load_reward_model(out)
+    for head, source in (("helpful", HELPFUL), ("harmless", HARMLESS)):
+        rows = _train_rows(source)
+        reader = rm.with_head(head)
+        rewards = row_rewards(reader, rows)
+        # normalised per head: mean 0 over that head's reference rows (all 16 of its source here)
+        assert float(np.concatenate(rewards).mean()) == pytest.approx(0.0, abs=1e-5)
+        assert preference_metrics(rewards, rows)["accuracy"] >= 0.75  # 16 training pairs: chance is 0.5
+    # column h of plain transformers' logits, minus head h's offset
+    items = [("How do I boil an egg?", "Simmer it for nine minutes."), ("Hi", "Go away.")]
+    enc = rm.tokenizer([f"User: {p}\nAssistant: {r}" for p, r in items], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = hf(**enc).logits.double().numpy()
+    for h, head in enumerate(("helpful", "harmless")):
+        want = logits[:, h] - meta["reward_offsets"][head]
+        assert score(out, items, head=head) == pytest.approx(want, abs=1e-5)
+        assert score(out, items, head=h) == pytest.approx(want, abs=1e-5)
+
+
+def test_a_row_trains_only_its_own_head():
+    """The loss of rows on head 1 gives head 0's output weights exactly zero gradient (and head 1's not)."""
+    from align.reward import LossSection, _Batches, batch_loss
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=32, num_labels=2,
+                                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    data = _Batches(seqs=[[[1, 5, 6, 2], [1, 7, 2]], [[1, 8, 9, 2], [1, 10, 11, 12, 2]]], ranks=[[0, 1], [0, 1]],
+                    margins=[{}, {}], pairs=[1, 1], targets=[{}, {}], heads=[1, 1])
+    loss, rewards, _, _ = batch_loss(model, data, [0, 1], LossSection(), pad_id=0, device="cpu")
+    loss.backward()
+    grad = model.classifier.weight.grad
+    assert torch.count_nonzero(grad[0]) == 0 and torch.count_nonzero(grad[1]) > 0
+    with torch.no_grad():
+        ids = torch.tensor([[1, 5, 6, 2]])
+        assert float(rewards[0, 0]) == pytest.approx(float(model(input_ids=ids).logits[0, 1]), abs=1e-5)
+
+
+def test_head_config_errors_name_the_field():
+    from pretrain.config import ConfigError
+
+    base = {"model": {"heads": ["helpful", "harmless"]},
+            "data": {"train": [HELPFUL, HARMLESS], "eval": [HELPFUL],
+                     "source_heads": {HELPFUL: "helpful", HARMLESS: "harmless"}}}
+    assert RMConfig.from_dict(base).model.heads == ["helpful", "harmless"]
+
+    def broken(**data):
+        return {"model": base["model"], "data": {**base["data"], **data}}
+
+    with pytest.raises(ConfigError, match="source_heads.*have no head"):
+        RMConfig.from_dict(broken(source_heads={HELPFUL: "helpful"}))
+    with pytest.raises(ConfigError, match="'honest' is not one of model.heads"):
+        RMConfig.from_dict(broken(source_heads={HELPFUL: "helpful", HARMLESS: "honest"}))
+    with pytest.raises(ConfigError, match=r"model.heads.*\['harmless'\] get no training source"):
+        RMConfig.from_dict(broken(train=[HELPFUL], source_heads={HELPFUL: "helpful", HARMLESS: "harmless"}))
+    with pytest.raises(ConfigError, match="source_heads.*needs model.heads"):
+        RMConfig.from_dict({"data": {"source_heads": {HELPFUL: "helpful"}}})
+    with pytest.raises(ConfigError, match="model.heads.*distinct"):
+        RMConfig.from_dict({"model": {"heads": ["a", "a"]}})
+
+
+def test_a_multi_head_rm_reads_the_head_it_is_told_or_the_one_trained_on_the_data(two_heads, trained, data_dir,
+                                                                                   tmp_path, capsys):
+    from align.rewards import LearnedRM, build_source
+    from align.reward import score_main
+
+    _, _, out = two_heads
+    items = [("How do I boil an egg?", "Simmer it for nine minutes.")]
+    with pytest.raises(ValueError, match="has heads helpful, harmless: name the one"):
+        score(out, items)
+    with pytest.raises(ValueError, match="unknown head 'honest'"):
+        score(out, items, head="honest")
+    with pytest.raises(ValueError, match="one scalar head, no head named 'helpful'"):
+        score(trained[2], items, head="helpful")
+    # evaluate: the source's own head, by registered name or by a path to the same file
+    by_name = evaluate(out, HARMLESS, split="train")
+    by_path = evaluate(out, data_dir / "hh-rlhf" / "harmless-base" / "test.jsonl.gz", split="train")
+    told = evaluate(out, HARMLESS, split="train", head="harmless")
+    other = evaluate(out, HARMLESS, split="train", head="helpful")
+    assert by_name["head"] == by_path["head"] == told["head"] == "harmless" and other["head"] == "helpful"
+    assert by_name["accuracy"] == by_path["accuracy"] == told["accuracy"]
+    assert by_name["mean_margin"] != pytest.approx(other["mean_margin"])
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text(json.dumps({"prompt": "Hi", "chosen": "Hello", "rejected": "Bye"}) + "\n")
+    with pytest.raises(ValueError, match="no head of this RM was trained on it"):
+        evaluate(out, prefs)
+    assert evaluate(out, prefs, head="helpful")["pairs"] == 1
+    # rm score: --head required, checked before scoring; the reward is that head's
+    single = tmp_path / "in.jsonl"
+    single.write_text(json.dumps({"prompt": items[0][0], "response": items[0][1]}) + "\n")
+    assert score_main(["--model", str(out), "--data", str(single), "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "pass --head" in capsys.readouterr().err and not (tmp_path / "o.jsonl").exists()
+    assert score_main(["--model", str(out), "--data", str(single), "--out", str(tmp_path / "o.jsonl"),
+                       "--head", "harmless"]) == 0
+    got = json.loads((tmp_path / "o.jsonl").read_text())["reward"]
+    assert got == pytest.approx(float(score(out, items, head="harmless")[0]), abs=1e-6)
+    # PPO's learned reward: a head, checked when the reward is built
+    with pytest.raises(ValueError, match="give the reward a head"):
+        LearnedRM(out)
+    rows = [{"question": items[0][0], "response": items[0][1]}]
+    assert LearnedRM(out, head="helpful")(rows) == pytest.approx(list(score(out, items, head="helpful")), abs=1e-6)
+    assert build_source("rm", path=str(out), head="harmless").fn(rows) == pytest.approx([got], abs=1e-6)
+    with pytest.raises(ValueError, match="is for kind rm"):
+        build_source("not_human", head="harmless")

@@ -123,3 +123,43 @@ def test_rm_suite_errors_name_the_problem(tiny_rm, tmp_path, capsys):
                         "--out", str(tmp_path / "y")]) == 2
     assert "nope.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def test_rm_suite_reads_each_source_through_the_head_trained_on_it(tmp_path, capsys):
+    """A two-head RM folder (untrained, heads a and b; b was trained on prefs.jsonl): the suite reads that
+    source through b by default, through a with --head a, and refuses a source no head was trained on."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from align.reward import minilm_path
+    from wandao.cli import main as wandao_main
+
+    torch.manual_seed(0)
+    backbone = tmp_path / "bert"
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(str(backbone))
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(str(backbone))
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text(json.dumps({"id": "fwd", "prompt": "How do I boil an egg?", "chosen": GOOD, "rejected": BAD}) + "\n")
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away."}) + "\n")
+    rm = build_reward_model(ModelSection(backbone=str(backbone), heads=["a", "b"]), seed=0)
+    rm.model.config.wandao_rm = {"template": "sparrow@1", "max_length": 64, "min_prompt_tokens": 16, "pooling": "cls",
+                                 "heads": ["a", "b"], "source_heads": {str(prefs): "b"},
+                                 "reward_offsets": {"a": 0.25, "b": -0.5}, "reward_offset": 0.25}
+    out = tmp_path / "rm"
+    rm.model.save_pretrained(str(out))
+    rm.tokenizer.save_pretrained(str(out))
+
+    items = [("How do I boil an egg?", GOOD), ("How do I boil an egg?", BAD)]
+    own = run("rm", out=tmp_path / "own", model=str(out), data=[str(prefs)], split="all")
+    assert own.metrics[f"head/{prefs}"] == "b" and own.metrics["reward_offset/b"] == -0.5
+    [row] = own.per_example
+    assert [row["reward_chosen"], row["reward_rejected"]] == pytest.approx(list(score(out, items, head="b")), abs=1e-6)
+    told = run("rm", out=tmp_path / "told", model=str(out), data=[str(prefs)], split="all", head="a")
+    assert told.metrics[f"head/{prefs}"] == "a"
+    [row_a] = told.per_example
+    assert [row_a["reward_chosen"], row_a["reward_rejected"]] == pytest.approx(list(score(out, items, head="a")),
+                                                                               abs=1e-6)
+    assert row_a["margin"] != pytest.approx(row["margin"])  # two heads, two readings
+    code = wandao_main(["eval", "rm", "--model", str(out), "--data", str(other), "--out", str(tmp_path / "x")])
+    assert code == 2 and "no head of" in capsys.readouterr().err and not (tmp_path / "x").exists()
