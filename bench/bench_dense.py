@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_dense.py", description=__doc__.split("\n\n")[0],
                                      epilog="example: python bench/bench_dense.py --limit 512")
     parser.add_argument("--limit", type=int, default=0, help="documents to time (0 = the whole corpus)")
-    parser.add_argument("--backend", default="onnx-int8", help="the fast encoder backend (onnx-int8, onnx)")
+    parser.add_argument("--backend", default="onnx-int8", help="the fast encoder backend (onnx-int8, onnx-int8-token, onnx)")
     parser.add_argument("--chunk", type=int, default=512, help="documents per alternating chunk")
     parser.add_argument("--threads", type=int, default=0, help="threads for both (0 = torch's default)")
     parser.add_argument("--dataset", default="scifact")

@@ -197,7 +197,7 @@ class DenseIndex:
             model: sentence-transformers path or hub id; ``None`` = bundled all-MiniLM-L6-v2.
             factory: faiss factory string (``Flat``, ``HNSW32``, ``IVF256,PQ32``, ...), inner-product metric.
             fp16: store vectors as float16 (``embeddings.npy`` and, for flat storages, ``SQfp16``).
-            encoder_backend: ``auto``, ``torch``, ``onnx`` or ``onnx-int8`` (see :mod:`indexer.encode`).
+            encoder_backend: ``auto``, ``torch``, ``onnx``, ``onnx-int8`` or ``onnx-int8-token`` (see :mod:`indexer.encode`).
             encoder: an already-built encoder (overrides ``model``/``encoder_backend``).
             shard_size, work_dir, keep_shards: sharded encoding; the default ``work_dir`` is a cache
                 folder keyed by encoder and corpus, so rerunning a killed build resumes it.
