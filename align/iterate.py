@@ -113,6 +113,8 @@ class SelectSection(Config):
     min_reward: Optional[float] = field(default=None, metadata={
         "help": "drop prompts whose best response scores below this (ReST's threshold; human choices are kept)"})
     batch_size: int = field(default=64, metadata={"help": "sequences per RM forward"})
+    reward_head: Optional[str] = field(default=None, metadata={
+        "help": "the objective head to score with, for an RM folder trained with model.heads (e.g. helpful)"})
 
     def __post_init__(self) -> None:
         check_range("batch_size", self.batch_size, 1)
@@ -202,20 +204,26 @@ def evidence_overlap(rows: Sequence[dict]) -> list[float]:
     return out
 
 
-def build_reward(spec: str, device: str = "cpu", batch_size: int = 64) -> Callable[[Sequence[dict]], list[float]]:
-    """``rows -> rewards`` from an RM folder, a built-in name or ``module:function``."""
+def build_reward(spec: str, device: str = "cpu", batch_size: int = 64,
+                 head: Optional[str] = None) -> Callable[[Sequence[dict]], list[float]]:
+    """``rows -> rewards`` from an RM folder (``head``: its objective head), a built-in name or ``module:function``."""
     if not spec:
         raise ConfigError("no reward given", "select.reward")
+    path = Path(os.path.expandvars(os.path.expanduser(spec)))
+    if head is not None and (spec in BUILTIN_REWARDS or not path.is_dir()):
+        raise ConfigError(f"is for an RM folder with objective heads; {spec!r} is not an RM folder",
+                          "select.reward_head")
     if spec in BUILTIN_REWARDS:
         return globals()[spec]
-    path = Path(os.path.expandvars(os.path.expanduser(spec)))
     if path.is_dir():
         from align.reward import load_reward_model, score
 
-        rm = load_reward_model(path, device)
-        if len(rm.heads) > 1:
-            raise ConfigError(f"{path}: this RM has heads {', '.join(rm.heads)}; score with a one-head RM or "
-                              "a module:function that calls align.reward.score(..., head=...)", "select.reward")
+        try:
+            rm = load_reward_model(path, device, head)
+        except ValueError as err:
+            raise ConfigError(str(err), "select.reward_head") from None
+        if rm.head is None and len(rm.heads) > 1:
+            raise ConfigError(f"{path}: this RM has heads {', '.join(rm.heads)}; name one", "select.reward_head")
         return lambda rows: [float(v) for v in score(rm, list(rows), batch_size, device)]
     if ":" in spec:
         module, name = spec.split(":", 1)
@@ -543,7 +551,8 @@ def run(cfg: IterateConfig) -> dict[str, Any]:
     # -- set up: reference policy, prompts with evidence, reward
     ref, tokenizer = load_model(initial, device)
     train_prompts, held = load_prompts(cfg, tokenizer)
-    reward = build_reward(cfg.select.reward, device, cfg.select.batch_size) if cfg.select.reward else None
+    reward = (build_reward(cfg.select.reward, device, cfg.select.batch_size, cfg.select.reward_head)
+              if cfg.select.reward else None)
     logger.info("iterate: %d train prompts, %d held-out, n=%d, %d round(s), select by %s", len(train_prompts),
                 len(held), cfg.sample.n, cfg.rounds, cfg.select.by)
 

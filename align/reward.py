@@ -971,10 +971,9 @@ EPILOG = """examples:
   wandao rm train --config configs/rm/minilm-hh.yaml --out runs/rm/minilm-hh
   wandao rm train --config configs/rm/minilm-hhh-kwise.yaml --train.max_steps 20
   wandao rm eval --model runs/rm/minilm-hh --data $WANDAO_DATA_DIR/hh-rlhf/helpful-base/test.jsonl.gz --split test --json
-  wandao rm score --model runs/rm/minilm-hh --data prompts_responses.jsonl --out scored.jsonl
-  wandao rm train --config configs/rm/minilm-hh-heads.yaml      # one backbone, a helpful and a harmless head
-  wandao rm eval --model runs/rm/minilm-hh-heads --data hh-rlhf:harmless-base --split test   # its harmless head
-  wandao rm score --model runs/rm/minilm-hh-heads --head helpful --data prompts_responses.jsonl --out scored.jsonl
+  wandao rm score --model runs/rm/minilm-hh --head helpful --data prompts_responses.jsonl --out scored.jsonl
+  wandao rm eval --model runs/rm/minilm-hh --data hh-rlhf:harmless-base --split test   # reads its harmless head
+  wandao rm train --config configs/rm/minilm-hh-scalar.yaml     # one scalar head on all three parts
 """
 
 

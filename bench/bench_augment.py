@@ -2,7 +2,7 @@
 
 SFT: every XQuAD-en question (1,190) over an index of SciFact abstracts + XQuAD paragraphs
 (5,423 documents, embedded BM25), template ``sparrow``, k = 3, MiniLM tokenizer budgets. With
-``--dense`` the index also gets a dense MiniLM (int8 ONNX, flat inner product) index and the
+``--dense`` the index also gets a dense MiniLM (int8 ONNX, ``--encoder-backend``; flat inner product) index and the
 comparison is repeated with the dense and the hybrid (RRF) retriever: there a one-at-a-time loop
 also encodes one query per call, where the batched path encodes 256.
 
@@ -47,17 +47,18 @@ from bench.common import OUT_DIR, describe_machine, machine, write_outputs  # no
 OUT = OUT_DIR
 
 
-def build_indexes(work: Path, dense: bool = False) -> tuple[Path, Path]:
+def build_indexes(work: Path, dense: bool = False, encoder_backend: str = "onnx-int8") -> tuple[Path, Path]:
     from indexer import build_index
     from rag.augment_pretrain import iter_corpus_any
     from rag.cli import write_corpus
 
-    sft_index = work / ("xquad-scifact-index-dense" if dense else "xquad-scifact-index")
+    dense_name = "xquad-scifact-index-dense" + ("" if encoder_backend == "onnx-int8" else f"-{encoder_backend}")
+    sft_index = work / (dense_name if dense else "xquad-scifact-index")
     wiki_index = work / "wikitext-valid-index"
     if not (sft_index / "manifest.json").exists():
         write_corpus(["xquad-en", "scifact"], str(work / "xquad-scifact.jsonl"))
         build_index(str(work / "xquad-scifact.jsonl"), sft_index, bm25=True, force=True,
-                    **({"dense": "default", "encoder_backend": "onnx-int8"} if dense else {}))
+                    **({"dense": "default", "encoder_backend": encoder_backend} if dense else {}))
     if not (wiki_index / "manifest.json").exists():
         build_index(list(iter_corpus_any("wikitext-2")), wiki_index, bm25=True, chunk_tokens=64, force=True)
     return sft_index, wiki_index
@@ -198,13 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrain-docs", type=int, default=30, help="WikiText-2 articles to augment")
     ap.add_argument("--work", default=str(OUT / "augment-work"))
     ap.add_argument("--dense", action="store_true", help="also compare on the dense and hybrid retrievers")
+    ap.add_argument("--encoder-backend", default="onnx-int8", help="the dense index's encoder (onnx-int8: "
+                    "activation scales per batch; onnx-int8-token: per token, batch-invariant)")
     args = ap.parse_args(argv)
     os.environ.setdefault("WANDAO_NO_PROGRESS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     info = machine()
-    sft_index, wiki_index = build_indexes(work, dense=args.dense)
+    sft_index, wiki_index = build_indexes(work, dense=args.dense, encoder_backend=args.encoder_backend)
     sft = bench_sft(sft_index, args.repeats)
     others = [bench_sft_backend(sft_index, args.repeats, b) for b in (("dense", "hybrid") if args.dense else ())]
     pre = bench_pretrain(wiki_index, work, args.pretrain_docs)
@@ -232,9 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         "examples in every run.",
         *[f"{o['backend']}: batched {o['batched_s']}, naive {o['naive_s']}; identical for "
           f"{o['identical_outputs']}/{n} examples in every run." for o in others],
+        *([f"Dense encoder: {args.encoder_backend}."] if others else []),
         *(["The dense paths differ on some examples because the int8 encoder scales activations per batch: a "
            "query encoded among 255 others gets a slightly different vector than alone, which reorders near-ties."]
-          if others else []), "",
+          if others and args.encoder_backend == "onnx-int8" else []), "",
         "The naive loop's retrieval cost is almost all the per-call start of the BM25 engine's parallel numba "
         "kernel (thread-pool wake-up, slow on a loaded machine): with n_threads=1 the same 1,190 single-query "
         "calls take the time in the breakdown below.", "",

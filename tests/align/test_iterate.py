@@ -156,6 +156,7 @@ def test_label_rounds_stop_for_a_sheet_then_use_the_labels(policy, tmp_path):
 def test_rm_folder_scores_through_align_reward(policy, tmp_path):
     """A reward-model folder is scored with align.reward.score (a tiny RM built locally, random head)."""
     from align.iterate import build_reward, reward_rows
+    from pretrain.config import ConfigError
     from align.reward import ModelSection as RMModel, build_reward_model, score
 
     rm = build_reward_model(RMModel(backbone=str(policy / "warm" / "model"), pooling="last"), seed=0)
@@ -168,4 +169,19 @@ def test_rm_folder_scores_through_align_reward(policy, tmp_path):
     got = reward(rows)
     want = score(str(tmp_path / "rm"), rows)
     assert got == pytest.approx(list(want)) and got[0] != got[1]
+    # an RM with objective heads scores through the head named in select.reward_head, and needs one
+    heads = build_reward_model(RMModel(backbone=str(policy / "warm" / "model"), pooling="last",
+                                       heads=["helpful", "harmless"]), seed=0)
+    heads.model.config.wandao_rm = {"template": "sparrow@1", "max_length": 160, "min_prompt_tokens": 16,
+                                    "heads": ["helpful", "harmless"], "reward_offsets": {"helpful": 0.0, "harmless": 1.0}}
+    heads.model.save_pretrained(str(tmp_path / "heads"))
+    heads.tokenizer.save_pretrained(str(tmp_path / "heads"))
+    with pytest.raises(ConfigError, match="select.reward_head.*has heads helpful, harmless; name one"):
+        build_reward(str(tmp_path / "heads"))
+    with pytest.raises(ConfigError, match="select.reward_head.*unknown head 'honest'"):
+        build_reward(str(tmp_path / "heads"), head="honest")
+    with pytest.raises(ConfigError, match="select.reward_head.*not an RM folder"):
+        build_reward("evidence_overlap", head="helpful")
+    harmless = build_reward(str(tmp_path / "heads"), head="harmless")(rows)
+    assert harmless == pytest.approx(list(score(str(tmp_path / "heads"), rows, head="harmless")))
     torch.set_grad_enabled(True)
