@@ -586,26 +586,34 @@ def score(model_dir: "str | os.PathLike | RewardModel", rows: Sequence[Any], bat
     """
     import numpy as np
 
-    from align.preference_data import PreferenceRow, _read_evidence, _read_history
-
-    items = []
-    for n, row in enumerate(rows, start=1):
-        if isinstance(row, (tuple, list)) and len(row) == 2:
-            row = {"prompt": row[0], "response": row[1]}
-        if not isinstance(row, dict):
-            raise ValueError(f"row {n}: expected a dict with prompt and response, or a (prompt, response) pair")
-        prompt = row.get("prompt", row.get("question"))
-        if not isinstance(prompt, str):
-            raise ValueError(f"row {n} (field 'prompt'): must be a string")
-        if not isinstance(row.get("response"), str):
-            raise ValueError(f"row {n} (field 'response'): must be a string")
-        items.append(PreferenceRow(str(n), prompt, [row["response"]], [0], _read_history(row.get("history"), "rows", n),
-                                   _read_evidence(row.get("evidence"), "rows", n)))
+    items = _score_rows(rows)
     rm = _as_rm(model_dir, device, head)  # after the rows: a bad row should not cost a model load
     rm.head_index  # a multi-head RM without a head fails here, even with no rows
     if not items:
         return np.zeros(0)
     return np.concatenate(row_rewards(rm, items, batch_size, device))
+
+
+def _score_rows(rows: Sequence[Any], lines: Optional[Sequence[int]] = None) -> list["PreferenceRow"]:
+    """:func:`score`'s items as one-response rows; a bad item raises ``ValueError`` naming its row (or, given
+    ``lines``, its file line) and field."""
+    from align.preference_data import PreferenceRow, _read_evidence, _read_history
+
+    items = []
+    where = "row" if lines is None else "line"
+    for n, row in zip(lines or range(1, len(rows) + 1), rows):
+        if isinstance(row, (tuple, list)) and len(row) == 2:
+            row = {"prompt": row[0], "response": row[1]}
+        if not isinstance(row, dict):
+            raise ValueError(f"{where} {n}: expected a dict with prompt and response, or a (prompt, response) pair")
+        prompt = row.get("prompt", row.get("question"))
+        if not isinstance(prompt, str):
+            raise ValueError(f"{where} {n} (field 'prompt'): must be a string")
+        if not isinstance(row.get("response"), str):
+            raise ValueError(f"{where} {n} (field 'response'): must be a string")
+        items.append(PreferenceRow(str(n), prompt, [row["response"]], [0], _read_history(row.get("history"), "rows", n),
+                                   _read_evidence(row.get("evidence"), "rows", n)))
+    return items
 
 
 def evaluate(model_dir: "str | os.PathLike | RewardModel", data: "str | os.PathLike | Sequence[PreferenceRow]",
@@ -1043,6 +1051,8 @@ def score_main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    import numpy as np
+
     from align.preference_data import row_from_record, source_path
     from indexer.data import DataError, iter_records
     from indexer.io import atomic_write_text
@@ -1053,19 +1063,23 @@ def score_main(argv: list[str]) -> int:
         single = [(n, r) for n, r in records if isinstance(r, dict) and "response" in r]
         pref = [(n, r) for n, r in records if not (isinstance(r, dict) and "response" in r)]
         pref_rows = [row_from_record(r, args.data, n) for n, r in pref]
-        rm = load_reward_model(args.model, args.device, args.head)
-        if rm.head is None and len(rm.heads) > 1:
-            print(f"wandao rm score: {args.model}: this RM has heads {', '.join(rm.heads)}; pass --head",
-                  file=sys.stderr)
-            return 2
-        rewards_single = score(rm, [r for _, r in single], args.batch_size, args.device) if single else []
-        rewards_pref = row_rewards(rm, pref_rows, args.batch_size, args.device) if pref_rows else []
+        single_rows = _score_rows([r for _, r in single], lines=[n for n, _ in single])
     except (DataError, FileNotFoundError) as err:
         print(f"wandao rm score: {err}", file=sys.stderr)
         return 2
     except ValueError as err:
         print(f"wandao rm score: {args.data}: {err}", file=sys.stderr)
         return 2
+    try:  # the model's errors name the model folder (load_reward_model's messages start with it), not the data
+        rm = load_reward_model(args.model, args.device, args.head)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"wandao rm score: {err}", file=sys.stderr)
+        return 2
+    if rm.head is None and len(rm.heads) > 1:
+        print(f"wandao rm score: {args.model}: this RM has heads {', '.join(rm.heads)}; pass --head", file=sys.stderr)
+        return 2
+    rewards_single = np.concatenate(row_rewards(rm, single_rows, args.batch_size, args.device)) if single_rows else []
+    rewards_pref = row_rewards(rm, pref_rows, args.batch_size, args.device) if pref_rows else []
     by_line: dict[int, dict] = {}
     for (n, r), v in zip(single, rewards_single):
         by_line[n] = {**r, "reward": float(v)}
