@@ -222,7 +222,7 @@ def build_reward(spec: str, device: str = "cpu", batch_size: int = 64,
             rm = load_reward_model(path, device, head)
         except ValueError as err:
             raise ConfigError(str(err), "select.reward_head") from None
-        if rm.head is None and len(rm.heads) > 1:
+        if rm.needs_head:
             raise ConfigError(f"{path}: this RM has heads {', '.join(rm.heads)}; name one", "select.reward_head")
         return lambda rows: [float(v) for v in score(rm, list(rows), batch_size, device)]
     if ":" in spec:

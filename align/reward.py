@@ -252,10 +252,15 @@ class RewardModel:
         return list(self.meta.get("heads") or [])
 
     @property
+    def needs_head(self) -> bool:
+        """True for an RM with several heads that has not been told which one to read."""
+        return self.head is None and len(self.heads) > 1
+
+    @property
     def head_index(self) -> int:
         if self.head is not None:
             return self.head
-        if len(self.heads) > 1:
+        if self.needs_head:
             raise ValueError(f"this RM has heads {', '.join(self.heads)}: name the one to read "
                              "(head=..., --head, or a PPO reward's head:)")
         return 0
@@ -287,6 +292,17 @@ class RewardModel:
         if head not in heads:
             raise ValueError(f"unknown head {head!r}: this RM has heads {', '.join(heads)}")
         return dataclasses.replace(self, head=heads.index(head))
+
+    def reader_for(self, source: "str | os.PathLike | None") -> "RewardModel":
+        """This RM as it reads ``source``: unchanged when it has one head or was told one, else reading the
+        head trained on ``source`` (``ValueError`` when none was)."""
+        if not self.needs_head:
+            return self
+        own = self.head_for_source(source) if source is not None else None
+        if own is None:
+            raise ValueError(f"{source}: no head of this RM was trained on it; name one of {', '.join(self.heads)} "
+                             "(head=..., --head)")
+        return self.with_head(own)
 
     def head_for_source(self, source: "str | os.PathLike") -> Optional[str]:
         """The head trained on ``source`` (a source name, or a path that resolves to the same file), or None."""
@@ -639,13 +655,7 @@ def evaluate(model_dir: "str | os.PathLike | RewardModel", data: "str | os.PathL
     rows = split_by_prompt(rows, split, test_fraction)
     if not rows:
         raise ValueError(f"{data}: the {split!r} part is empty")
-    rm = _as_rm(model_dir, device, head)
-    if head is None and len(rm.heads) > 1:
-        own = rm.head_for_source(data) if isinstance(data, (str, os.PathLike)) else None
-        if own is None:
-            raise ValueError(f"{data}: no head of this RM was trained on it; name one of {', '.join(rm.heads)} "
-                             "(head=..., --head)")
-        rm = rm.with_head(own)
+    rm = _as_rm(model_dir, device, head).reader_for(data if isinstance(data, (str, os.PathLike)) else None)
     metrics = preference_metrics(row_rewards(rm, rows, batch_size, device), rows)
     if rm.heads:
         metrics["head"] = rm.head_name
@@ -827,7 +837,7 @@ def run(cfg: RMConfig) -> dict[str, Any]:
         logger.info("ranked rows: %s", group_stats)
     rm = build_reward_model(cfg.model, tc.seed)
     model, tokenizer = rm.model.to(device), rm.tokenizer
-    data = prepare_rows(rows, cfg, tokenizer, row_heads if cfg.model.heads else None)
+    data = prepare_rows(rows, cfg, tokenizer, row_heads)
     n_pairs = sum(data.pairs)
     rng = random.Random(tc.seed)
     steps_per_epoch = len(data.epoch(tc.batch_size, random.Random(0), False))
@@ -847,7 +857,7 @@ def run(cfg: RMConfig) -> dict[str, Any]:
         for src, ev_rows in sets.items():
             if not ev_rows:
                 continue
-            reader = rm.with_head(head_of(src)) if cfg.model.heads else rm
+            reader = rm.with_head(head_of(src))
             result[src] = preference_metrics(row_rewards(reader, ev_rows, tc.eval_batch_size, device), ev_rows)
             if cfg.model.heads:
                 result[src]["head"] = reader.head_name
@@ -911,7 +921,7 @@ def run(cfg: RMConfig) -> dict[str, Any]:
     if tc.reference_rows > 0:
         for h in range(len(head_names)):
             ref = [r for r, rh in zip(rows, row_heads) if rh == h][: tc.reference_rows]
-            raw = row_rewards(rm.with_head(h) if cfg.model.heads else rm, ref, tc.eval_batch_size, device)
+            raw = row_rewards(rm.with_head(h), ref, tc.eval_batch_size, device)
             offsets[h] = float(np.concatenate(raw).mean())
     offset = offsets[0]
     rm.meta.update(_meta(cfg, rm.meta["pooling"], offsets))
@@ -1075,7 +1085,7 @@ def score_main(argv: list[str]) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"wandao rm score: {err}", file=sys.stderr)
         return 2
-    if rm.head is None and len(rm.heads) > 1:
+    if rm.needs_head:
         print(f"wandao rm score: {args.model}: this RM has heads {', '.join(rm.heads)}; pass --head", file=sys.stderr)
         return 2
     rewards_single = np.concatenate(row_rewards(rm, single_rows, args.batch_size, args.device)) if single_rows else []

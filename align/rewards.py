@@ -218,7 +218,7 @@ class LearnedRM:
         if not self.path.is_dir():
             raise FileNotFoundError(f"{self.path}: no RM folder (train one with wandao rm train)")
         self.rm = load_reward_model(self.path, device, head)
-        if self.rm.head is None and len(self.rm.heads) > 1:
+        if self.rm.needs_head:
             raise ValueError(f"{self.path}: this RM has heads {', '.join(self.rm.heads)}; give the reward a head")
         self.device, self.batch_size = device, batch_size
 

@@ -109,13 +109,7 @@ def suite(cfg: Config) -> tuple[dict, list[dict]]:
         raise ValueError("rm needs --model DIR (an RM folder written by wandao rm train)")
     sets = load_rows(cfg)  # the data first: a bad file should not cost a model load
     rm = load_reward_model(cfg.model, cfg.device, cfg.head)
-    readers = {}
-    for src in sets:
-        own = None if cfg.head or len(rm.heads) < 2 else rm.head_for_source(src)
-        if len(rm.heads) > 1 and not cfg.head and own is None:
-            raise ValueError(f"{src}: no head of {cfg.model} was trained on it; pass --head "
-                             f"({', '.join(rm.heads)})")
-        readers[src] = rm.with_head(own)
+    readers = {src: rm.reader_for(src) for src in sets}  # each source's own head, unless --head named one
     all_rows, all_rewards, per_example, per_source = [], [], [], {}
     for src, rows in sets.items():
         reader = readers[src]
